@@ -1,0 +1,172 @@
+"""The package's one error tree.
+
+Every failure that reaches a user is a :class:`DiffPOError`, so one ``except`` catches
+them all, and the subclass says what to do next::
+
+    DiffPOError
+    ├── ConfigurationError          bad constructor argument or missing extra
+    ├── InputError                  bad conversation, draft or option (fix the call)
+    ├── ConversationNotFoundError   a chain step could not find the conversation
+    └── AlignerError                the aligner failed; ``endpoint`` and ``status`` set when known
+        ├── ServerValidationError   TGI ``validation`` (HTTP 422)
+        ├── OverloadedError         TGI ``overloaded`` (HTTP 429); ``retry_after`` in seconds
+        ├── GenerationError         TGI ``generation`` (HTTP 424)
+        ├── IncompleteGenerationError  TGI ``incomplete_generation`` (HTTP 500)
+        ├── AlignerConnectionError  the endpoint could not be reached
+        ├── AlignerTimeoutError     a deadline ran out
+        └── AuthenticationError     HTTP 401/403
+
+:func:`error_from_tgi_payload` is the one place that turns TGI's ``{"error", "error_type"}``
+answers into this tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AlignerConnectionError",
+    "AlignerError",
+    "AlignerTimeoutError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConversationNotFoundError",
+    "DiffPOError",
+    "GenerationError",
+    "IncompleteGenerationError",
+    "InputError",
+    "OverloadedError",
+    "ServerValidationError",
+    "error_from_tgi_payload",
+]
+
+
+class DiffPOError(Exception):
+    """Base class of every error raised by diffpo-integrations."""
+
+
+class ConfigurationError(DiffPOError, ValueError):
+    """A constructor argument is invalid, or an optional dependency is missing."""
+
+
+class InputError(DiffPOError, ValueError):
+    """The conversation, the draft or an option of one call is invalid."""
+
+
+class ConversationNotFoundError(DiffPOError, LookupError):
+    """A chain step received a draft but could not find the conversation that produced it."""
+
+
+class AlignerError(DiffPOError):
+    """The aligner could not produce an aligned answer.
+
+    Attributes:
+        endpoint: URL (or name) of the aligner that failed, when known.
+        status: HTTP status code, when the failure came from an HTTP answer.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, endpoint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.status = status
+
+
+class ServerValidationError(AlignerError, InputError):
+    """The server rejected the request as invalid (TGI ``validation``, HTTP 422)."""
+
+
+class OverloadedError(AlignerError):
+    """The server is overloaded (TGI ``overloaded``, HTTP 429). Retried with backoff."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, status=status)
+        self.retry_after = retry_after
+
+
+class GenerationError(AlignerError):
+    """The model failed while generating (TGI ``generation``, HTTP 424)."""
+
+
+class IncompleteGenerationError(AlignerError):
+    """The server stopped before the generation was complete (TGI ``incomplete_generation``)."""
+
+    retryable = True
+
+
+class AlignerConnectionError(AlignerError):
+    """The aligner endpoint could not be reached, or the connection broke."""
+
+    retryable = True
+
+
+class AlignerTimeoutError(AlignerError):
+    """The call's deadline ran out."""
+
+
+class AuthenticationError(AlignerError):
+    """The server refused the credentials (HTTP 401 or 403)."""
+
+
+_TGI_TYPES: dict[str, type[AlignerError]] = {
+    "validation": ServerValidationError,
+    "overloaded": OverloadedError,
+    "generation": GenerationError,
+    "incomplete_generation": IncompleteGenerationError,
+}
+
+
+def error_from_tgi_payload(
+    status: int,
+    payload: Any,
+    *,
+    endpoint: str | None = None,
+    retry_after: float | None = None,
+) -> AlignerError:
+    """Build the typed error for one failed TGI answer.
+
+    Args:
+        status: HTTP status code of the answer.
+        payload: the decoded JSON body (TGI sends ``{"error": ..., "error_type": ...}``), or raw text.
+        endpoint: the URL that answered.
+        retry_after: seconds from a ``Retry-After`` header, if any.
+
+    Returns:
+        The most specific :class:`AlignerError` for the answer.
+
+    Example:
+        >>> err = error_from_tgi_payload(422, {"error": "bad", "error_type": "validation"})
+        >>> type(err).__name__, str(err)
+        ('ServerValidationError', 'bad')
+    """
+    message = str(payload)
+    error_type = None
+    if isinstance(payload, dict):
+        message = str(payload.get("error") or payload.get("message") or payload)
+        error_type = payload.get("error_type")
+    if isinstance(error_type, str) and error_type in _TGI_TYPES:
+        cls = _TGI_TYPES[error_type]
+    elif status in (401, 403):
+        cls = AuthenticationError
+    elif status == 429:
+        cls = OverloadedError
+    elif status == 422:
+        cls = ServerValidationError
+    elif status in (502, 503, 504):
+        # A proxy or a starting server: the endpoint cannot serve now, so it is retryable.
+        cls = AlignerConnectionError
+    else:
+        cls = AlignerError
+    if cls is OverloadedError:
+        return OverloadedError(message, endpoint=endpoint, status=status, retry_after=retry_after)
+    return cls(message, endpoint=endpoint, status=status)
