@@ -1,0 +1,5 @@
+"""Aligner backends: TGI (and the embedded server), OpenAI-compatible servers, in-process, pools."""
+
+from diffpo_integrations.backends.tgi import DEFAULT_ALIGNER_URL, TGIAligner, default_aligner_url
+
+__all__ = ["DEFAULT_ALIGNER_URL", "TGIAligner", "default_aligner_url"]
