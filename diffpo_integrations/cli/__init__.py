@@ -1,0 +1,51 @@
+"""The ``diffpo`` command: ``serve``, ``align``, ``eval`` and ``bench``.
+
+Each subcommand lives in its own module and registers itself with :func:`main`'s parser, so
+the optional dependencies of one (the model for ``serve``) are imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from diffpo_integrations.cli import align, serve
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS = [serve, align]
+try:  # eval and bench arrive with their own modules; the CLI works without them.
+    from diffpo_integrations.cli import bench, evaluate
+
+    _COMMANDS += [evaluate, bench]
+except ImportError:  # pragma: no cover - only while a module is missing
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``diffpo`` argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="diffpo",
+        description="DiffPO inference-time alignment: serve an aligner, align drafts, evaluate, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,align,eval,bench}")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``diffpo`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

