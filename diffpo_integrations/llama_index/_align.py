@@ -22,13 +22,17 @@ from llama_index_instrumentation.dispatcher import active_instrument_tags
 from llama_index_instrumentation.span import active_span_id
 
 from diffpo_integrations.core.aligner import Aligner
-from diffpo_integrations.core.errors import AlignerError, ConfigurationError, DiffPOError
+from diffpo_integrations.core.errors import AlignerError, ConfigurationError, InputError
 from diffpo_integrations.core.types import AlignChunk, AlignResult, FailPolicy, Message
 from diffpo_integrations.llama_index.events import DiffPOAlignEndEvent, DiffPOAlignStartEvent, DiffPOFailOpenWarning
 
 __all__ = ["DiffPOAlignment", "current_span_id", "default_aligner"]
 
 dispatcher = get_dispatcher(__name__)
+
+_FALLBACK_ERRORS = (AlignerError, InputError)
+"""What ``fail_policy="open"`` falls back on: the aligner failed, or could not take this conversation.
+A ``ConfigurationError`` always raises: a wrong setup should fail loudly, not hide behind drafts."""
 
 _DRAFT_MEMORY = 512
 """Aligned answers remembered (per wrapper) so later turns can show the aligner the original drafts."""
@@ -53,7 +57,8 @@ class DiffPOAlignment:
     Args:
         aligner: any :class:`~diffpo_integrations.core.Aligner`; ``None`` builds :func:`default_aligner`.
         fail_policy: ``"closed"`` raises the aligner's typed error; ``"open"`` returns the draft
-            flagged (``aligned=False``, error recorded) and emits a :class:`DiffPOFailOpenWarning`.
+            flagged (``aligned=False``, error recorded) and emits a :class:`DiffPOFailOpenWarning`
+            on an ``AlignerError`` or ``InputError`` (a ``ConfigurationError`` always raises).
             While streaming, ``"open"`` can only fall back before the first aligned piece was
             emitted; a failure after that raises, since the caller already holds aligned text.
         align_options: keyword options passed to every aligner call (``keep_prefix_tokens``,
@@ -90,7 +95,7 @@ class DiffPOAlignment:
         self._started(messages, draft, caller)
         try:
             result = self.aligner.align(messages, draft.strip(), **self.align_options)
-        except DiffPOError as err:
+        except _FALLBACK_ERRORS as err:
             result = self._failed(err, draft)
         self._ended(result, caller)
         return result
@@ -101,7 +106,7 @@ class DiffPOAlignment:
         self._started(messages, draft, caller)
         try:
             result = await self.aligner.aalign(messages, draft.strip(), **self.align_options)
-        except DiffPOError as err:
+        except _FALLBACK_ERRORS as err:
             result = self._failed(err, draft)
         self._ended(result, caller)
         return result
@@ -130,7 +135,7 @@ class DiffPOAlignment:
                     emitted = emitted or bool(chunk.text)
                     result = chunk.result or result
                     yield chunk
-            except DiffPOError as err:
+            except _FALLBACK_ERRORS as err:
                 if emitted:
                     raise
                 result = self._failed(err, draft)
@@ -156,7 +161,7 @@ class DiffPOAlignment:
                     emitted = emitted or bool(chunk.text)
                     result = chunk.result or result
                     yield chunk
-            except DiffPOError as err:
+            except _FALLBACK_ERRORS as err:
                 if emitted:
                     raise
                 result = self._failed(err, draft)
@@ -212,7 +217,7 @@ class DiffPOAlignment:
             event.span_id = span_id
         dispatcher.event(event)
 
-    def _failed(self, err: DiffPOError, draft: str) -> AlignResult:
+    def _failed(self, err: AlignerError | InputError, draft: str) -> AlignResult:
         if self.fail_policy == "closed":
             raise err
         endpoint = getattr(err, "endpoint", None) or getattr(self.aligner, "endpoint", None)

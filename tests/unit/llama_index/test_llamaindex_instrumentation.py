@@ -12,13 +12,14 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llamaindex_fakes import DraftLLM, FakeAligner
+from pydantic import Field
 
 from diffpo_integrations.core import AlignerConnectionError, AlignResult
 from diffpo_integrations.llama_index import DiffPOAlignEndEvent, DiffPOAlignStartEvent, DiffPOLLM, DiffPOQueryEngine
 
 
 class Collect(BaseEventHandler):
-    events: list[BaseEvent] = []
+    events: list[BaseEvent] = Field(default_factory=list)
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         if isinstance(event, (DiffPOAlignStartEvent, DiffPOAlignEndEvent)):

@@ -121,7 +121,10 @@ def test_chat_response_with_history(aligner: FakeAligner) -> None:
     ]
     out = DiffPOResponsePostprocessor(aligner).postprocess(AgentChatResponse(DRAFT, source_nodes=NODES), chat)
     assert isinstance(out, AgentChatResponse)
-    assert out.response == FakeAligner().align([("user", "Hi"), ("assistant", "Hello!"), ("user", "Capital of France?")], DRAFT).text
+    assert (
+        out.response
+        == FakeAligner().align([("user", "Hi"), ("assistant", "Hello!"), ("user", "Capital of France?")], DRAFT).text
+    )
     assert out.source_nodes == NODES
     assert out.metadata is not None
     assert out.metadata["diffpo"]["draft"] == DRAFT

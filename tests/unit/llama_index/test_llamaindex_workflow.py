@@ -50,7 +50,7 @@ async def test_one_call_alignment_and_history(aligner: FakeAligner) -> None:
 
 async def test_fail_policies() -> None:
     broken = FakeAligner(fail=GenerationError("CUDA out of memory"))
-    with pytest.raises(GenerationError, match="^CUDA out of memory$"):
+    with pytest.raises(GenerationError, match=r"^CUDA out of memory$"):
         await AnswerFlow(aligner=broken, timeout=10).run(query="Name a prime.")
     with pytest.warns(DiffPOFailOpenWarning, match="GenerationError: CUDA out of memory"):
         result = await AnswerFlow(aligner=broken, fail_policy="open", timeout=10).run(query="Name a prime.")
