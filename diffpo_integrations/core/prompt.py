@@ -126,7 +126,8 @@ def build_prompt(
         texts: from :func:`render_texts`.
         spans: ``texts.full`` encoded *with* the tokenizer's special tokens, with character offsets
             (a server's ``/tokenize`` answer, or a fast tokenizer's ``return_offsets_mapping``).
-        keep_prefix_tokens: ``r``; clamped to the draft's length in tokens.
+        keep_prefix_tokens: ``r``; clamped to the draft's length in tokens, and lowered where the cut
+            would end inside a whitespace run that re-tokenizing the text would merge.
         mode: ``"official"`` or ``"clean"`` (see the module docstring).
         stop: the template's end-of-turn token, carried along for the caller.
 
@@ -148,6 +149,11 @@ def build_prompt(
     prompt_tokens = covered - added if mode == "official" else covered
     draft_limit = sum(1 for s in spans if s.stop <= texts.draft_end)
     kept = max(0, min(keep_prefix_tokens, draft_limit - prompt_tokens))
+    # Servers take the text and tokenize it again. A cut that ends inside a run of whitespace the
+    # tokenizer split in context (``"!\n\n"`` as ``"\n", "\n"``) merges back into one token, so the
+    # server would see other ids: keep one token less until the cut is outside such a split.
+    while kept and _ends_split_whitespace(texts.full, spans[prompt_tokens + kept - 1]):
+        kept -= 1
     end = prompt_tokens + kept
     fixed = spans[:end]
     cut = fixed[-1].stop if fixed else 0
@@ -162,6 +168,12 @@ def build_prompt(
         draft_ids=[s.id for s in spans[end:]],
         stop=stop,
     )
+
+
+def _ends_split_whitespace(full: str, last: TokenSpan) -> bool:
+    """Whether ``last`` is whitespace that continues a whitespace run of the token before it."""
+    text = full[last.start : last.stop]
+    return bool(text) and text.isspace() and last.start > 0 and full[last.start - 1].isspace()
 
 
 def paper_prefix_tokens(messages: Sequence[Message], draft: str, seed: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diffpo_integrations.core.errors import InputError
 
@@ -93,6 +93,19 @@ class AlignRequest(BaseModel):
     """Draft tokens kept verbatim before the aligner continues; ``None`` uses the aligner's setting."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Tokens the aligner may add after the kept prefix; ``None`` uses the aligner's setting."""
+
+    def __init__(self, **data: Any) -> None:
+        # pydantic wraps a ValueError raised in a validator (InputError is one) in its own
+        # ValidationError, which is no DiffPOError: raise the InputError itself instead.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                cause = (error.get("ctx") or {}).get("error")
+                if isinstance(cause, InputError):
+                    raise cause from None
+            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"invalid align request: {details}") from exc
 
     @field_validator("messages", mode="before")
     @classmethod
