@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx2
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     GenerationError as HfGenerationError,
 )
@@ -51,6 +53,12 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# huggingface_hub's telemetry (its user-agent builder fetches a registry from huggingface.co on
+# the first call) would send traffic off this machine although every call here goes to the
+# user's own server. Keep it off unless the user opted in or out explicitly.
+if "HF_HUB_DISABLE_TELEMETRY" not in os.environ and "DISABLE_TELEMETRY" not in os.environ:
+    hf_constants.HF_HUB_DISABLE_TELEMETRY = True
 
 _HF_TGI_ERRORS: dict[type[TextGenerationError], type[AlignerError]] = {
     HfValidationError: ServerValidationError,
