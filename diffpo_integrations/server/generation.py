@@ -1,0 +1,197 @@
+"""One generation as a model-worker job: engine decoding plus token texts, stop sequences and log-probs.
+
+Every route (TGI, OpenAI, DiffPO) describes its generation as a :class:`GenerationSpec` and runs
+:func:`generation_job` on the worker; only the shape of the answer differs between routes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffpo_integrations.server.runtime import ModelRuntime
+from diffpo_integrations.server.worker import JobContext
+
+__all__ = [
+    "GeneratedToken",
+    "GenerationResult",
+    "GenerationSpec",
+    "PrefillToken",
+    "find_stop",
+    "generation_job",
+]
+
+
+@dataclass
+class GenerationSpec:
+    """What to generate."""
+
+    input_ids: list[int]
+    max_new_tokens: int
+    stop_sequences: list[str] = field(default_factory=list)
+    """Stop once the generated text contains one of these (the token completing it is kept)."""
+    draft_ids: list[int] | None = None
+    """Speed hint for the engine (the rest of a DiffPO draft); never changes the tokens."""
+    method: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra engine options (``block_size``, ``max_iter``)."""
+    stream: bool = False
+    """Emit one :class:`GeneratedToken` event per token."""
+    token_logprobs: bool = False
+    """Fill ``GeneratedToken.logprob``."""
+    prefill_logprobs: bool = False
+    """Fill :attr:`GenerationResult.prefill` (TGI's ``decoder_input_details``)."""
+
+
+@dataclass
+class GeneratedToken:
+    """One generated token, TGI's ``Token``; ``last`` marks the final one of the generation."""
+
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+    last: bool = False
+
+    def tgi(self) -> dict[str, Any]:
+        """TGI's JSON form."""
+        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": self.special}
+
+
+@dataclass
+class PrefillToken:
+    """One input token with its log-probability (``None`` for the first), TGI's ``PrefillToken``."""
+
+    id: int
+    text: str
+    logprob: float | None
+
+    def tgi(self) -> dict[str, Any]:
+        """TGI's JSON form."""
+        return {"id": self.id, "text": self.text, "logprob": self.logprob}
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation."""
+
+    tokens: list[GeneratedToken]
+    finish_reason: str
+    """``"eos_token"``, ``"length"`` or ``"stop_sequence"`` (TGI's names)."""
+    stop_sequence: str | None = None
+    prefill: list[PrefillToken] | None = None
+    forward_passes: int = 0
+    accepted_draft_tokens: int = 0
+    prefill_tokens: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The generated ids, stop token included when produced."""
+        return [t.id for t in self.tokens]
+
+
+class _StopSequenceHit(Exception):
+    def __init__(self, stop: str) -> None:
+        super().__init__(stop)
+        self.stop = stop
+
+
+def find_stop(text: str, new_from: int, stops: Sequence[str]) -> str | None:
+    """The stop sequence that ends earliest in ``text`` among those ending after ``new_from``.
+
+    Checking only matches that end in the new text finds each stop once, even when it spans
+    several tokens or lies inside one token.
+
+    Example:
+        >>> find_stop("Hello\\nUser:", 5, ["User:", "\\n"])
+        '\\n'
+    """
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        if not stop:
+            continue
+        idx = text.find(stop, max(0, new_from - len(stop) + 1))
+        if idx >= 0 and (best is None or idx + len(stop) < best[0]):
+            best = (idx + len(stop), stop)
+    return best[1] if best else None
+
+
+def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[JobContext], GenerationResult]:
+    """The worker-thread function that runs ``spec``."""
+
+    def run(ctx: JobContext) -> GenerationResult:
+        ctx.check()
+        start = time.perf_counter()
+        texts = runtime.token_texts(spec.input_ids)
+        scorer = runtime.incremental_scorer(spec.input_ids) if spec.stream and spec.token_logprobs else None
+        eos = set(runtime.eos_token_ids)
+        tokens: list[GeneratedToken] = []
+        generated_text = ""
+
+        def on_token(token_id: int) -> None:
+            nonlocal generated_text
+            ctx.check()
+            last = token_id in eos or len(tokens) + 1 >= spec.max_new_tokens
+            piece = texts.step(token_id, final=last)
+            seen = len(generated_text)
+            generated_text += piece
+            stop = find_stop(generated_text, seen, spec.stop_sequences) if piece else None
+            logprob = scorer.score(token_id) if scorer is not None else None
+            last = last or stop is not None
+            token = GeneratedToken(token_id, piece, logprob, runtime.is_special(token_id), last)
+            tokens.append(token)
+            if spec.stream:
+                ctx.emit(token)
+            if stop is not None:
+                raise _StopSequenceHit(stop)
+
+        result = GenerationResult(tokens=tokens, finish_reason="length", prefill_tokens=len(spec.input_ids))
+        try:
+            outcome = runtime.generate(
+                spec.input_ids,
+                spec.draft_ids,
+                method=spec.method,
+                max_new_tokens=spec.max_new_tokens,
+                on_token=on_token,
+                **spec.options,
+            )
+        except _StopSequenceHit as hit:
+            result.finish_reason = "stop_sequence"
+            result.stop_sequence = hit.stop
+        else:
+            result.finish_reason = outcome.finish_reason
+            result.forward_passes = outcome.forward_passes
+            result.accepted_draft_tokens = outcome.accepted_draft_tokens
+            result.prefill_tokens = outcome.prefill_tokens
+            if outcome.tokens != result.token_ids:
+                # The engine's list is authoritative; on_token mirrors it unless an engine skips calls.
+                msg = f"engine reported {len(outcome.tokens)} tokens but streamed {len(tokens)}"
+                raise RuntimeError(msg)
+        if tokens:
+            tokens[-1].last = True
+        _add_logprobs(runtime, spec, result)
+        result.elapsed_s = time.perf_counter() - start
+        return result
+
+    return run
+
+
+def _add_logprobs(runtime: ModelRuntime, spec: GenerationSpec, result: GenerationResult) -> None:
+    need_tokens = spec.token_logprobs and not spec.stream and result.tokens
+    if not need_tokens and not spec.prefill_logprobs:
+        return
+    ids = spec.input_ids + result.token_ids
+    start = 0 if spec.prefill_logprobs else len(spec.input_ids)
+    values = runtime.logprobs(ids, start)
+    if spec.prefill_logprobs:
+        prompt_values = values[: len(spec.input_ids)]
+        result.prefill = [
+            PrefillToken(tid, runtime.decode([tid], skip_special_tokens=False), lp)
+            for tid, lp in zip(spec.input_ids, prompt_values, strict=True)
+        ]
+    if need_tokens:
+        for token, lp in zip(result.tokens, values[len(spec.input_ids) - start :], strict=True):
+            token.logprob = lp

@@ -1,0 +1,259 @@
+"""TGI's routes: ``/generate``, ``/generate_stream``, ``POST /``, ``/tokenize``, ``/health``, ``/info``, ``/metrics``.
+
+Wire shapes follow TGI's router (``router/src/server.rs``) so ``huggingface_hub.InferenceClient``
+works unchanged. Deviations: validation and overload errors of a stream are answered with their
+HTTP status before the stream starts (TGI sends them as the first SSE event with status 200;
+``huggingface_hub`` raises the same typed errors for both), and sampling is refused with 422.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from diffpo_integrations import __version__
+from diffpo_integrations.server.errors import ApiError, error_body, validation_error
+from diffpo_integrations.server.generation import GeneratedToken, GenerationResult, GenerationSpec
+from diffpo_integrations.server.schemas import GenerateBody, GenerateParameters, TokenizeBody
+from diffpo_integrations.server.state import ClientGone, RequestTimer, ServerState, get_state
+from diffpo_integrations.server.worker import Job
+
+__all__ = ["router", "sse_event"]
+
+router = APIRouter()
+
+_SAMPLING = ("temperature", "top_k", "top_p", "typical_p")
+SAMPLING_MESSAGE = (
+    "sampling is not supported: the embedded server decodes greedily; "
+    "send do_sample=false and leave temperature, top_k, top_p and typical_p unset"
+)
+
+
+def sse_event(payload: Any) -> bytes:
+    """One server-sent event carrying ``payload`` as JSON."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _refuse_unsupported(p: GenerateParameters) -> None:
+    """Refuse what greedy decoding on the embedded engine cannot honour, naming the option."""
+    if p.do_sample or any(getattr(p, name) is not None for name in _SAMPLING):
+        raise validation_error(SAMPLING_MESSAGE)
+    if p.best_of is not None and p.best_of != 1:
+        raise validation_error("`best_of` != 1 is not allowed for this endpoint")
+    if p.top_n_tokens:
+        raise validation_error("`top_n_tokens` != 0 is not allowed for this endpoint")
+    if p.grammar is not None:
+        raise validation_error("grammar is not supported")
+    if p.watermark:
+        raise validation_error("`watermark` is not supported by the embedded server")
+    if p.repetition_penalty not in (None, 1.0) or p.frequency_penalty not in (None, 0.0):
+        raise validation_error("`repetition_penalty` and `frequency_penalty` are not supported by the embedded server")
+    if p.adapter_id:
+        raise validation_error("adapters (`adapter_id`) are not supported by the embedded server")
+
+
+async def prepare_generation(
+    state: ServerState, inputs: str, p: GenerateParameters, timer: RequestTimer, *, stream: bool
+) -> GenerationSpec:
+    """Validate a TGI request in TGI's order and tokenize it (special tokens added, as TGI always does)."""
+    _refuse_unsupported(p)
+    state.check_max_new_tokens(p.max_new_tokens)
+    state.check_stops(p.stop)
+    if not inputs:
+        raise validation_error("`inputs` cannot be empty")
+    if p.truncate is not None and not 0 < p.truncate <= state.max_input_tokens:
+        raise validation_error(
+            f"`truncate` must be strictly positive and less than {state.max_input_tokens}. Given: {p.truncate}"
+        )
+    if stream and p.decoder_input_details:
+        raise validation_error("`decoder_input_details` == true is not supported when streaming tokens")
+    ids = await state.encode(inputs)
+    if p.truncate is not None:
+        ids = ids[-p.truncate :]
+    max_new_tokens = state.check_lengths(len(ids), p.max_new_tokens)
+    timer.prompt_tokens = len(ids)
+    timer.characters = len(inputs)
+    timer.validated_now()
+    return GenerationSpec(
+        input_ids=ids,
+        max_new_tokens=max_new_tokens,
+        stop_sequences=list(p.stop),
+        method=state.config.method,
+        stream=stream,
+        token_logprobs=(state.config.stream_logprobs if stream else p.details),
+        prefill_logprobs=p.decoder_input_details,
+    )
+
+
+def _generated_text(state: ServerState, inputs: str, p: GenerateParameters, result: GenerationResult) -> str:
+    text = state.runtime.decode(result.token_ids, skip_special_tokens=True)
+    return inputs + text if p.return_full_text else text
+
+
+def _details(result: GenerationResult) -> dict[str, Any]:
+    return {
+        "finish_reason": result.finish_reason,
+        "generated_tokens": len(result.tokens),
+        "seed": None,
+        "prefill": [t.tgi() for t in result.prefill or []],
+        "tokens": [t.tgi() for t in result.tokens],
+    }
+
+
+async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any], dict[str, str]]:
+    state = get_state(request)
+    timer = RequestTimer()
+    p = body.parameters
+    spec = await prepare_generation(state, body.inputs, p, timer, stream=False)
+    job = state.submit_generation(spec)
+    result = await state.wait(job, request)
+    state.record(result, job)
+    out: dict[str, Any] = {"generated_text": _generated_text(state, body.inputs, p, result)}
+    if p.details or p.decoder_input_details:
+        out["details"] = _details(result)
+    return out, timer.headers(job, len(result.tokens))
+
+
+@router.post("/generate")
+async def generate(request: Request, body: GenerateBody) -> Response:
+    """TGI ``/generate``: ``{generated_text, details?}``."""
+    try:
+        out, headers = await _generate(request, body)
+    except ClientGone:
+        return Response(status_code=499)
+    return JSONResponse(out, headers=headers)
+
+
+@router.post("/generate_stream")
+async def generate_stream(request: Request, body: GenerateBody) -> Response:
+    """TGI ``/generate_stream``: SSE, one event per token; the last carries ``generated_text`` and ``details``."""
+    return await _start_stream(request, body)
+
+
+@router.post("/")
+async def compat_generate(request: Request, body: GenerateBody) -> Response:
+    """TGI ``POST /`` (what ``huggingface_hub`` calls): a one-element list, or SSE with ``"stream": true``."""
+    if body.stream:
+        return await _start_stream(request, body)
+    try:
+        out, headers = await _generate(request, body)
+    except ClientGone:
+        return Response(status_code=499)
+    return JSONResponse([out], headers=headers)
+
+
+async def _start_stream(request: Request, body: GenerateBody) -> Response:
+    state = get_state(request)
+    timer = RequestTimer()
+    spec = await prepare_generation(state, body.inputs, body.parameters, timer, stream=True)
+    job = state.submit_generation(spec)
+    headers = timer.headers()
+    headers["X-Accel-Buffering"] = "no"
+    return StreamingResponse(_stream_events(state, job, body, timer), media_type="text/event-stream", headers=headers)
+
+
+async def _stream_events(
+    state: ServerState, job: Job[GenerationResult], body: GenerateBody, timer: RequestTimer
+) -> AsyncIterator[bytes]:
+    p = body.parameters
+    index = 0
+    held: GeneratedToken | None = None
+    try:
+        async for token in state.stream(job):
+            index += 1
+            if token.last:
+                # The final token goes out with the generated text, once the result is known.
+                held = token
+                continue
+            yield sse_event({"index": index, "token": token.tgi(), "generated_text": None, "details": None})
+        result = await state.finish(job)
+    except ClientGone:
+        return
+    except ApiError as exc:
+        yield sse_event(error_body(exc.message, exc.error_type))
+        return
+    state.record(result, job)
+    final = held or (result.tokens[-1] if result.tokens else None)
+    details = None
+    if p.details:
+        details = {
+            "finish_reason": result.finish_reason,
+            "generated_tokens": len(result.tokens),
+            "seed": None,
+            "input_length": timer.prompt_tokens,
+        }
+    yield sse_event(
+        {
+            "index": max(index, 1),
+            "token": final.tgi() if final else None,
+            "generated_text": _generated_text(state, body.inputs, p, result),
+            "details": details,
+        }
+    )
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request, body: TokenizeBody) -> Response:
+    """TGI ``/tokenize``: ``[{id, text, start, stop}]`` with special tokens added (``start == stop == 0``)."""
+    state = get_state(request)
+    spans = state.runtime.spans(body.inputs)
+    return JSONResponse(
+        [{"id": s.id, "text": body.inputs[s.start : s.stop], "start": s.start, "stop": s.stop} for s in spans]
+    )
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """200 when the model is loaded and its worker runs; 503 otherwise."""
+    state = getattr(request.app.state, "diffpo", None)
+    if not isinstance(state, ServerState) or not state.worker.alive:
+        return JSONResponse(error_body("unhealthy", "healthcheck"), status_code=503)
+    return Response(status_code=200)
+
+
+def info_payload(state: ServerState) -> dict[str, Any]:
+    """TGI's ``/info`` fields plus the ``diffpo`` block."""
+    template = state.runtime.template(state.config.template)
+    return {
+        "model_id": state.model_id,
+        "model_sha": None,
+        "model_dtype": state.runtime.dtype_name,
+        "model_device_type": state.runtime.device_type,
+        "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": state.config.max_concurrent_requests,
+        "max_best_of": 1,
+        "max_stop_sequences": state.config.max_stop_sequences,
+        "max_input_tokens": state.max_input_tokens,
+        "max_total_tokens": state.max_total_tokens,
+        "validation_workers": 1,
+        "max_client_batch_size": 1,
+        "router": "text-generation-router",
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+        "diffpo": {
+            "align_route": "/diffpo/align",
+            "template": template.name,
+            "end_of_turn": template.end_of_turn,
+            "methods": ["auto", "greedy", "speculative", "jacobi"],
+            "default_method": state.config.method,
+            "max_waiting": state.config.max_waiting,
+            "max_new_tokens_limit": state.max_new_tokens_limit,
+        },
+    }
+
+
+@router.get("/info")
+async def info(request: Request) -> Response:
+    """TGI ``/info``."""
+    return JSONResponse(info_payload(get_state(request)))
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text."""
+    return PlainTextResponse(get_state(request).metrics.render(), media_type="text/plain; version=0.0.4")

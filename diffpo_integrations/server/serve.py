@@ -1,0 +1,91 @@
+"""Serving an app with uvicorn, in the foreground (:func:`run_server`) or in a thread (:func:`serve_in_thread`)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from diffpo_integrations.server.config import ServerConfig
+
+__all__ = ["run_server", "serve_in_thread"]
+
+_GRACEFUL_SHUTDOWN_S = 10
+
+
+def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
+    """Serve until interrupted (Ctrl-C stops gracefully: open streams get up to 10 s to finish).
+
+    Args:
+        config: settings; ``ServerConfig()`` (SmolLM2 on 127.0.0.1:8080) when ``None``.
+        app: an app from :func:`~diffpo_integrations.server.create_app`; built from ``config`` when ``None``.
+    """
+    import uvicorn
+
+    from diffpo_integrations.server.app import create_app
+
+    cfg = config or ServerConfig()
+    uvicorn.run(
+        app if app is not None else create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+    )
+
+
+@contextmanager
+def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 300.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yield its base URL once ``/health`` answers 200.
+
+    The socket is bound before the thread starts (port ``0`` picks a free one, with no race), and
+    the server is always stopped on exit, even when the body raises.
+
+    Args:
+        app: an ASGI app (usually from :func:`~diffpo_integrations.server.create_app`).
+        host: interface to bind; loopback by default.
+        port: ``0`` for a free port.
+        timeout: seconds to wait for start-up (model loading included).
+
+    Example:
+        >>> with serve_in_thread(create_app(loaded)) as base_url:  # doctest: +SKIP
+        ...     InferenceClient(base_url=base_url).text_generation("Hi", max_new_tokens=5)
+    """
+    import httpx
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, host=host, port=bound_port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="diffpo-uvicorn", daemon=True)
+    thread.start()
+    base_url = f"http://{host}:{bound_port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not thread.is_alive():
+                msg = "the server thread exited during start-up (see the log above)"
+                raise RuntimeError(msg)
+            if server.started:
+                try:
+                    if httpx.get(f"{base_url}/health", timeout=5.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+            if time.monotonic() > deadline:
+                msg = f"the server did not become healthy within {timeout:.0f} s"
+                raise TimeoutError(msg)
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

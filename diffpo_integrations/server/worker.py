@@ -1,0 +1,220 @@
+"""One model thread fed by a bounded queue.
+
+torch on a CPU gains nothing from running two generations in two threads (they fight for the
+same cores and the GIL), so every model call goes through one worker thread. The queue is
+bounded: :meth:`ModelWorker.submit` refuses at once when ``capacity`` jobs are admitted, and the
+route answers 429 instead of letting requests pile up.
+
+A job is a plain function run on the worker thread with a :class:`JobContext`; it reports
+progress with :meth:`JobContext.emit` (delivered to the event loop in order) and calls
+:meth:`JobContext.check` between tokens, which raises :class:`Cancelled` once the request was
+cancelled (client gone, server shutting down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Cancelled", "Job", "JobContext", "ModelWorker", "QueueFull"]
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+_DONE = object()
+
+
+class QueueFull(Exception):
+    """The worker already holds ``capacity`` jobs."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled before or while it ran."""
+
+
+class JobContext:
+    """What a job function sees on the worker thread."""
+
+    def __init__(self, job: Job[Any]) -> None:
+        self._job = job
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the job was cancelled; call it between tokens."""
+        if self._job.cancel_event.is_set():
+            raise Cancelled("request cancelled")
+
+    def emit(self, event: Any) -> None:
+        """Send one progress event to the event loop (in order, before the result)."""
+        self._job.push(event)
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Job(Generic[T]):
+    """One admitted unit of model work; await :meth:`result`, iterate :meth:`events`."""
+
+    def __init__(self, fn: Callable[[JobContext], T], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future: asyncio.Future[T] = loop.create_future()
+        # A request that went away never awaits its job: mark the outcome as seen so asyncio does
+        # not log "exception was never retrieved" for every cancelled generation.
+        self.future.add_done_callback(_mark_retrieved)
+        self.cancel_event = threading.Event()
+        self.enqueued_at = time.perf_counter()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+
+    def cancel(self) -> None:
+        """Ask the job to stop; it stops at its next :meth:`JobContext.check`."""
+        self.cancel_event.set()
+
+    def push(self, event: Any) -> None:
+        """Thread-safe: queue an event for :meth:`events`."""
+        self._call_soon(self._events.put_nowait, event)
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Yield the job's events until it finishes (then await :meth:`result`)."""
+        while True:
+            event = await self._events.get()
+            if event is _DONE:
+                return
+            yield event
+
+    async def result(self) -> T:
+        """The job's return value, or its exception."""
+        return await asyncio.shield(self.future)
+
+    @property
+    def queue_time(self) -> float:
+        """Seconds between admission and the start of the run."""
+        return (self.started_at or self.enqueued_at) - self.enqueued_at
+
+    @property
+    def run_time(self) -> float:
+        """Seconds the job ran on the worker thread."""
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.perf_counter()) - self.started_at
+
+    def _finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(value)
+            self._events.put_nowait(_DONE)
+
+        self._call_soon(settle)
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        # A closed event loop (server shutdown) raises RuntimeError: nobody is listening then.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn, *args)
+
+
+class ModelWorker:
+    """Runs jobs one at a time on a dedicated thread.
+
+    Args:
+        capacity: jobs admitted at once (running plus waiting); past it :meth:`submit` raises
+            :class:`QueueFull`.
+        name: thread name, for debugging.
+    """
+
+    def __init__(self, capacity: int, name: str = "diffpo-model") -> None:
+        self.capacity = capacity
+        self._queue: queue.Queue[Job[Any] | None] = queue.Queue()
+        self._admitted = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+        self._closing = False
+        self.running: Job[Any] | None = None
+        self.cancelled = 0
+        """Jobs that ended by cancellation (before or while running)."""
+        self._pending: set[Job[Any]] = set()
+
+    @property
+    def admitted(self) -> int:
+        """Jobs admitted and not finished (running plus waiting)."""
+        return self._admitted
+
+    @property
+    def waiting(self) -> int:
+        """Jobs admitted but not started."""
+        return max(0, self._admitted - (1 if self.running is not None else 0))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running and accepting jobs."""
+        return self._started and self._thread.is_alive() and not self._closing
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def submit(self, fn: Callable[[JobContext], T]) -> Job[T]:
+        """Admit ``fn`` to run on the worker thread; must be called from the event loop.
+
+        Raises:
+            QueueFull: ``capacity`` jobs are already admitted, or the worker is shutting down.
+        """
+        job: Job[T] = Job(fn, asyncio.get_running_loop())
+        with self._lock:
+            if self._closing or self._admitted >= self.capacity:
+                raise QueueFull(f"{self._admitted} requests admitted (capacity {self.capacity})")
+            self._admitted += 1
+            self._pending.add(job)
+        self._queue.put(job)
+        return job
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Refuse new jobs, cancel the admitted ones, and join the thread."""
+        with self._lock:
+            self._closing = True
+            pending = list(self._pending)
+        for job in pending:
+            job.cancel()
+        self._queue.put(None)
+        if self._started:
+            await asyncio.to_thread(self._thread.join, timeout)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self.running = job
+            job.started_at = time.perf_counter()
+            try:
+                if job.cancel_event.is_set():
+                    raise Cancelled("request cancelled before it ran")
+                value = job.fn(JobContext(job))
+            except BaseException as exc:  # every failure goes back to the awaiting request
+                job.finished_at = time.perf_counter()
+                if isinstance(exc, Cancelled):
+                    self.cancelled += 1
+                else:
+                    _log.exception("model job failed")
+                job._finish(error=exc)
+            else:
+                job.finished_at = time.perf_counter()
+                job._finish(value)
+            finally:
+                self.running = None
+                with self._lock:
+                    self._admitted -= 1
+                    self._pending.discard(job)

@@ -1,0 +1,77 @@
+"""The real server over SmolLM2 (the stand-in aligner), started once per session, and the references it must match."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diffpo_integrations.server.testing import get_default_engine, serve_in_thread, shared_app
+
+MT_BENCH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mt-bench"
+NEW_TOKENS = 40
+
+
+@dataclass(frozen=True)
+class Reference:
+    """transformers' own greedy ``generate`` on the templated MT-bench question."""
+
+    question: str
+    prompt: str
+    prompt_ids: list[int]
+    tokens: list[int]
+    text: str
+
+
+@pytest.fixture(scope="session")
+def loaded() -> Any:
+    return get_default_engine()
+
+
+@pytest.fixture(scope="session")
+def base_url() -> Iterator[str]:
+    with serve_in_thread(shared_app()) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mt_question() -> dict[str, Any]:
+    with (MT_BENCH / "question.jsonl").open() as f:
+        return dict(json.loads(f.readline()))
+
+
+@pytest.fixture(scope="session")
+def mt_draft(mt_question: dict[str, Any]) -> str:
+    with (MT_BENCH / "llama-3-it-vanilla.jsonl").open() as f:
+        for line in f:
+            answer = json.loads(line)
+            if answer["question_id"] == mt_question["question_id"]:
+                return str(answer["choices"][0]["turns"][0])
+    raise AssertionError("no draft for the first MT-bench question")
+
+
+@pytest.fixture(scope="session")
+def reference(loaded: Any, mt_question: dict[str, Any]) -> Reference:
+    import torch
+
+    tokenizer = loaded.tokenizer
+    question = mt_question["turns"][0]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            input_ids=torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=loaded.eos_token_ids,
+            pad_token_id=loaded.eos_token_ids[0],
+        )
+    tokens = [int(t) for t in out[0, len(prompt_ids) :]]
+    return Reference(question, prompt, prompt_ids, tokens, tokenizer.decode(tokens, skip_special_tokens=True))
