@@ -1,5 +1,6 @@
 """Aligner backends: TGI (and the embedded server), OpenAI-compatible servers, in-process, pools."""
 
+from diffpo_integrations.backends.openai_compat import OpenAICompatAligner
 from diffpo_integrations.backends.tgi import DEFAULT_ALIGNER_URL, TGIAligner, default_aligner_url
 
-__all__ = ["DEFAULT_ALIGNER_URL", "TGIAligner", "default_aligner_url"]
+__all__ = ["DEFAULT_ALIGNER_URL", "OpenAICompatAligner", "TGIAligner", "default_aligner_url"]

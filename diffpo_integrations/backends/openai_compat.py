@@ -1,0 +1,418 @@
+"""``OpenAICompatAligner``: DiffPO alignment through an OpenAI-compatible ``/v1/completions`` (vLLM, SGLang).
+
+The client builds the official DiffPO prompt and asks for a greedy continuation (``temperature=0``,
+``max_tokens``, ``stop=[end of turn]``). With a local tokenizer it sends the prompt as token ids
+(vLLM and SGLang accept ``prompt`` as a list of ids), which is exact: no re-tokenisation of the cut
+draft on the server. Without one it sends text, cut with the server's TGI-style ``/tokenize``
+(token ids *and character offsets*, as TGI and ``diffpo serve`` answer).
+
+Limitation: vLLM's ``POST /tokenize`` returns ids without character offsets, so it cannot locate
+the draft in the prompt; against vLLM pass ``tokenizer=`` (or ``template=`` a tokenizer path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from huggingface_hub import get_async_session, get_session
+
+from diffpo_integrations.backends._transport import RetryPolicy, map_error, parse_sse_line, raise_for_answer
+from diffpo_integrations.core.aligner import (
+    DEFAULT_KEEP_PREFIX_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    AnswerStream,
+    BaseAligner,
+)
+from diffpo_integrations.core.errors import AlignerError, ConfigurationError, IncompleteGenerationError
+from diffpo_integrations.core.prompt import (
+    AlignPrompt,
+    TokenSpan,
+    assemble_answer,
+    build_prompt,
+    hf_token_spans,
+    render_texts,
+)
+from diffpo_integrations.core.templates import ChatTemplate, TokenizerTemplate, get_template
+from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, FinishReason, PromptMode
+
+__all__ = ["OpenAICompatAligner"]
+
+_FINISH: dict[str, FinishReason] = {"stop": "eos_token", "length": "length"}
+
+
+def _load_tokenizer(location: str) -> Any:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        msg = "a tokenizer path needs transformers: pip install 'diffpo-integrations[local]'"
+        raise ConfigurationError(msg) from exc
+    try:
+        if location.endswith(".gguf"):
+            return AutoTokenizer.from_pretrained(os.path.dirname(location) or ".", gguf_file=os.path.basename(location))
+        return AutoTokenizer.from_pretrained(location)
+    except Exception as exc:
+        msg = f"could not load a tokenizer from {location!r}: {exc}"
+        raise ConfigurationError(msg) from exc
+
+
+class OpenAICompatAligner(BaseAligner):
+    """Align drafts with a DiffPO aligner behind an OpenAI-compatible completions API (vLLM, SGLang).
+
+    Setup:
+        .. code-block:: bash
+
+            vllm serve RuizheChen/DiffPO-9B --port 8000
+
+    Key init args:
+        base_url: the server (``http://host:8000`` or ``http://host:8000/v1``).
+        model: the served model's name; ``None`` asks ``/v1/models`` (and omits it if that route is absent).
+        template: the aligner's chat template: ``"gemma"``, ``"llama3"``, ``"chatml"``, ``"smollm2"``, or a
+            tokenizer path (which also gives the local tokenizer). ``None`` uses ``tokenizer``'s own.
+        tokenizer: a loaded Hugging Face *fast* tokenizer, or its path. With one, the prompt goes as ids.
+        use_token_ids: ``None`` sends ids when a local tokenizer is available; ``False`` always sends text.
+        keep_prefix_tokens, max_new_tokens, prompt_mode, prefix_sampling, seed: see :class:`BaseAligner`.
+        timeout, deadline, max_retries, backoff, api_key, headers: as for :class:`TGIAligner`.
+
+    Instantiate:
+        .. code-block:: python
+
+            from diffpo_integrations.backends import OpenAICompatAligner
+
+            aligner = OpenAICompatAligner("http://127.0.0.1:8000", model="RuizheChen/DiffPO-9B",
+                                          template="RuizheChen/DiffPO-9B")
+
+    Invoke:
+        .. code-block:: python
+
+            result = aligner.align([{"role": "user", "content": "Name a prime."}], "7 is a prime.")
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in aligner.stream([{"role": "user", "content": "Name a prime."}], "7 is a prime."):
+                print(chunk.text, end="")
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        template: str | ChatTemplate | None = None,
+        tokenizer: Any | None = None,
+        use_token_ids: bool | None = None,
+        keep_prefix_tokens: int = DEFAULT_KEEP_PREFIX_TOKENS,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        prompt_mode: PromptMode = "official",
+        prefix_sampling: Literal["fixed", "paper"] = "fixed",
+        seed: int = 0,
+        timeout: float | None = 120.0,
+        deadline: float | None = None,
+        max_retries: int = 3,
+        backoff: float = 0.25,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            template=template,
+            keep_prefix_tokens=keep_prefix_tokens,
+            max_new_tokens=max_new_tokens,
+            prompt_mode=prompt_mode,
+            prefix_sampling=prefix_sampling,
+            seed=seed,
+        )
+        root = base_url.rstrip("/").removesuffix("/v1")
+        if not root.startswith(("http://", "https://")):
+            msg = f"base_url must start with http:// or https://, got {base_url!r}"
+            raise ConfigurationError(msg)
+        if template is None and tokenizer is None:
+            msg = (
+                "OpenAICompatAligner needs the aligner's chat template: template='gemma' (DiffPO-2B/9B), "
+                "'llama3' (DiffPO-8B), 'chatml', a tokenizer path, or tokenizer=<a loaded tokenizer>"
+            )
+            raise ConfigurationError(msg)
+        self.base_url = root
+        self.endpoint = root
+        self.model = model
+        self.tokenizer = tokenizer
+        self.use_token_ids = use_token_ids
+        self.timeout = timeout
+        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
+        self.headers = dict(headers or {})
+        key = api_key or os.environ.get("DIFFPO_API_KEY")
+        if key:
+            self.headers.setdefault("Authorization", f"Bearer {key}")
+        self._resolved: tuple[ChatTemplate, Any | None] | None = None
+        self._model_checked = model is not None
+
+    # -- template, tokenizer and model name -----------------------------------------------------
+
+    def _template_and_tokenizer(self) -> tuple[ChatTemplate, Any | None]:
+        if self._resolved is None:
+            tok = _load_tokenizer(self.tokenizer) if isinstance(self.tokenizer, str) else self.tokenizer
+            if self.template is None:
+                template: ChatTemplate = TokenizerTemplate(tok, name=getattr(tok, "name_or_path", "tokenizer"))
+            else:
+                template = get_template(self.template)
+                if tok is None and isinstance(template, TokenizerTemplate):
+                    tok = template.tokenizer
+            self._resolved = (template, tok)
+        return self._resolved
+
+    @property
+    def sends_token_ids(self) -> bool:
+        """Whether prompts go to the server as token ids (a local tokenizer is available and allowed)."""
+        return self.use_token_ids is not False and self._template_and_tokenizer()[1] is not None
+
+    def _model_from(self, listing: dict[str, Any] | None) -> None:
+        data = (listing or {}).get("data") or []
+        self.model = str(data[0]["id"]) if data else None
+        self._model_checked = True
+
+    # -- pure request building and parsing ------------------------------------------------------
+
+    def _texts(self, request: AlignRequest) -> tuple[ChatTemplate, Any]:
+        template, _ = self._template_and_tokenizer()
+        return template, render_texts(template, request.messages, request.draft, mode=self.prompt_mode)
+
+    def _prompt(self, request: AlignRequest, texts: Any, spans: list[TokenSpan], template: ChatTemplate) -> AlignPrompt:
+        assert request.keep_prefix_tokens is not None
+        return build_prompt(
+            texts,
+            spans,
+            keep_prefix_tokens=request.keep_prefix_tokens,
+            mode=self.prompt_mode,
+            stop=template.end_of_turn,
+        )
+
+    def _local_spans(self, texts: Any) -> list[TokenSpan] | None:
+        tok = self._template_and_tokenizer()[1]
+        return hf_token_spans(tok, texts.full) if tok is not None else None
+
+    def _no_offsets(self, why: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{self.base_url}/tokenize {why}, so the draft cannot be cut in text (vLLM's /tokenize gives no "
+            "offsets): pass tokenizer= (or template=<tokenizer path>) to send token ids instead"
+        )
+
+    def _tokenize_failed(self, exc: AlignerError) -> BaseException:
+        # A 4xx here means the server has no TGI-style /tokenize (vLLM wants {"model", "prompt"}).
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
+            return self._no_offsets(f"answered HTTP {exc.status} ({exc})")
+        return exc
+
+    def _server_spans(self, payload: Any) -> list[TokenSpan]:
+        if not isinstance(payload, list) or (payload and "start" not in payload[0]):
+            raise self._no_offsets("returned no character offsets")
+        return [TokenSpan(int(t["id"]), int(t["start"]), int(t["stop"])) for t in payload]
+
+    def _body(self, request: AlignRequest, prompt: AlignPrompt, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "prompt": prompt.ids if self.sends_token_ids else prompt.text,
+            "max_tokens": request.max_new_tokens,
+            "temperature": 0,
+            "stop": [prompt.stop],
+            "stream": stream,
+        }
+        if self.model:
+            body["model"] = self.model
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _result(
+        self, request: AlignRequest, prompt: AlignPrompt, text: str, finish: str | None, usage: dict[str, Any] | None
+    ) -> AlignResult:
+        usage = usage or {}
+        return AlignResult(
+            text=assemble_answer(prompt.kept_text, text, prompt.stop),
+            draft=request.draft,
+            kept_prefix=prompt.kept_text.strip(),
+            kept_prefix_tokens=prompt.kept_draft_tokens,
+            generated_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason=_FINISH.get(str(finish), "eos_token"),
+            endpoint=self.endpoint,
+            details={
+                "prompt_tokens": prompt.prompt_tokens,
+                "kept_tokens": prompt.kept_tokens,
+                "prompt_as": "token_ids" if self.sends_token_ids else "text",
+                "route": "v1/completions",
+            },
+        )
+
+    def _from_completion(self, request: AlignRequest, prompt: AlignPrompt, data: dict[str, Any]) -> AlignResult:
+        choices = data.get("choices") or []
+        if not choices:
+            msg = f"{self.base_url}/v1/completions answered without choices"
+            raise AlignerError(msg, endpoint=self.endpoint)
+        choice = choices[0]
+        return self._result(
+            request, prompt, str(choice.get("text") or ""), choice.get("finish_reason"), data.get("usage")
+        )
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        response = get_session().post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
+        raise_for_answer(response, self.endpoint)
+        return response.json()
+
+    async def _apost(self, path: str, body: dict[str, Any]) -> Any:
+        async with get_async_session() as session:
+            response = await session.post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
+        raise_for_answer(response, self.endpoint)
+        return response.json()
+
+    def _get_models(self) -> dict[str, Any] | None:
+        response = get_session().get(self.base_url + "/v1/models", headers=self.headers, timeout=self.timeout)
+        if response.status_code == 404:
+            return None
+        raise_for_answer(response, self.endpoint)
+        return dict(response.json())
+
+    async def _aget_models(self) -> dict[str, Any] | None:
+        async with get_async_session() as session:
+            response = await session.get(self.base_url + "/v1/models", headers=self.headers, timeout=self.timeout)
+        if response.status_code == 404:
+            return None
+        raise_for_answer(response, self.endpoint)
+        return dict(response.json())
+
+    def _prepare(self, request: AlignRequest) -> AlignPrompt:
+        if not self._model_checked:
+            self._model_from(self.retry.call(self._get_models, self.endpoint))
+        template, texts = self._texts(request)
+        spans = self._local_spans(texts)
+        if spans is None:
+            try:
+                payload = self.retry.call(lambda: self._post("/tokenize", {"inputs": texts.full}), self.endpoint)
+            except AlignerError as exc:
+                raise self._tokenize_failed(exc) from exc
+            spans = self._server_spans(payload)
+        return self._prompt(request, texts, spans, template)
+
+    async def _aprepare(self, request: AlignRequest) -> AlignPrompt:
+        if not self._model_checked:
+            self._model_from(await self.retry.acall(self._aget_models, self.endpoint))
+        template, texts = self._texts(request)
+        spans = self._local_spans(texts)
+        if spans is None:
+            try:
+                payload = await self.retry.acall(
+                    lambda: self._apost("/tokenize", {"inputs": texts.full}), self.endpoint
+                )
+            except AlignerError as exc:
+                raise self._tokenize_failed(exc) from exc
+            spans = self._server_spans(payload)
+        return self._prompt(request, texts, spans, template)
+
+    # -- BaseAligner hooks -----------------------------------------------------------------------
+
+    def _align(self, request: AlignRequest) -> AlignResult:
+        prompt = self._prepare(request)
+        data = self.retry.call(lambda: self._post("/v1/completions", self._body(request, prompt, False)), self.endpoint)
+        return self._from_completion(request, prompt, data)
+
+    async def _aalign(self, request: AlignRequest) -> AlignResult:
+        prompt = await self._aprepare(request)
+        data = await self.retry.acall(
+            lambda: self._apost("/v1/completions", self._body(request, prompt, False)), self.endpoint
+        )
+        return self._from_completion(request, prompt, data)
+
+    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
+        prompt = self._prepare(request)
+        state = _StreamState(prompt)
+        first = state.answer.feed(prompt.kept_text)
+        if first:
+            yield AlignChunk(text=first)
+        try:
+            with get_session().stream(
+                "POST",
+                self.base_url + "/v1/completions",
+                json=self._body(request, prompt, True),
+                headers=self.headers,
+                timeout=self.timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_answer(response, self.endpoint)
+                for line in response.iter_lines():
+                    piece = state.feed(line)
+                    if piece:
+                        yield AlignChunk(text=piece)
+        except Exception as exc:
+            raise map_error(exc, self.endpoint) from exc
+        yield AlignChunk(text="", result=state.result(self, request))
+
+    async def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
+        prompt = await self._aprepare(request)
+        state = _StreamState(prompt)
+        first = state.answer.feed(prompt.kept_text)
+        if first:
+            yield AlignChunk(text=first)
+        try:
+            async with (
+                get_async_session() as session,
+                session.stream(
+                    "POST",
+                    self.base_url + "/v1/completions",
+                    json=self._body(request, prompt, True),
+                    headers=self.headers,
+                    timeout=self.timeout,
+                ) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise_for_answer(response, self.endpoint)
+                async for line in response.aiter_lines():
+                    piece = state.feed(line)
+                    if piece:
+                        yield AlignChunk(text=piece)
+        except (asyncio.CancelledError, GeneratorExit):
+            # Leaving the ``async with`` closes the HTTP stream, so the server stops generating.
+            raise
+        except Exception as exc:
+            raise map_error(exc, self.endpoint) from exc
+        yield AlignChunk(text="", result=state.result(self, request))
+
+
+class _StreamState:
+    """What a completions stream has said so far; shared by the sync and async streams."""
+
+    def __init__(self, prompt: AlignPrompt) -> None:
+        self.prompt = prompt
+        self.answer = AnswerStream(stop=prompt.stop)
+        self.pieces: list[str] = []
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+
+    def feed(self, line: str | bytes) -> str:
+        """Take one SSE line; return the answer text it adds."""
+        if line.strip() in ("data: [DONE]", b"data: [DONE]", "data:[DONE]", b"data:[DONE]"):
+            self.done = True
+        event = parse_sse_line(line)
+        if event is None:
+            return ""
+        self.usage = event.get("usage") or self.usage
+        choices = event.get("choices") or []
+        if not choices:
+            return ""
+        self.finish = choices[0].get("finish_reason") or self.finish
+        piece = str(choices[0].get("text") or "")
+        self.pieces.append(piece)
+        return self.answer.feed(piece)
+
+    def result(self, aligner: OpenAICompatAligner, request: AlignRequest) -> AlignResult:
+        if self.finish is None and not self.done:
+            msg = "the completions stream ended before its last event"
+            raise IncompleteGenerationError(msg, endpoint=aligner.endpoint)
+        result = aligner._result(request, self.prompt, "".join(self.pieces), self.finish, self.usage)
+        if not result.generated_tokens:
+            # Without usage in the stream, count the streamed pieces (one per token on vLLM).
+            result = result.model_copy(update={"generated_tokens": sum(1 for p in self.pieces if p)})
+        return result
