@@ -1,0 +1,107 @@
+"""``diffpo bench``: the engine benchmark (``engine``) and the plugin-overhead benchmark (``overhead``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from diffpo_integrations.cli._common import fail
+
+__all__ = ["ENGINE_SCRIPT", "register", "run"]
+
+ENGINE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_engine.py"
+"""The engine benchmark script of a source checkout."""
+
+
+def register(sub: Any) -> None:
+    """Add the ``bench`` subcommand and its ``engine`` and ``overhead`` forms."""
+    parser = sub.add_parser("bench", help="run the benchmarks", description="Benchmarks that print ratios.")
+    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,overhead}")
+    engine = which.add_parser(
+        "engine",
+        help="decoding speed of the local engine (runs benchmarks/bench_engine.py)",
+        description="Runs benchmarks/bench_engine.py; every further argument is passed to it (try: -- --help).",
+        add_help=False,
+    )
+    engine.add_argument("engine_args", nargs=argparse.REMAINDER, help="arguments for bench_engine.py")
+    engine.set_defaults(run=run)
+    overhead = which.add_parser(
+        "overhead",
+        help="time added per call by the plugin over the raw huggingface_hub client",
+        description=(
+            "Start a local server that answers after a fixed delay, then time the raw huggingface_hub client, "
+            "TGIAligner, DiffPOAlign (alone and in a chain) and DiffPOLLM against it, and 64 concurrent aalign calls."
+        ),
+    )
+    overhead.add_argument("--delay-ms", type=float, default=20.0, help="server delay per POST (default %(default)s)")
+    overhead.add_argument("--iterations", type=int, default=200, help="timed calls per variant (default %(default)s)")
+    overhead.add_argument("--warmup", type=int, default=20, help="untimed calls per variant first")
+    overhead.add_argument("--concurrency", type=int, default=64, help="concurrent aalign calls (default %(default)s)")
+    overhead.add_argument("--async-calls", type=int, default=20, help="timed single async calls per variant")
+    overhead.add_argument("--async-rounds", type=int, default=3, help="timed concurrent rounds per async variant")
+    overhead.add_argument("--url", help="time against this server instead of starting one (it must have the routes)")
+    overhead.add_argument("--profile", action="store_true", help="also print a cProfile of TGIAligner.align")
+    overhead.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    overhead.set_defaults(run=run)
+
+
+def _engine(args: argparse.Namespace) -> int:
+    # ``diffpo bench engine -- --flag``: argparse keeps the separator; the script must not see it.
+    extra = args.engine_args[1:] if args.engine_args[:1] == ["--"] else list(args.engine_args)
+    if not ENGINE_SCRIPT.exists():
+        return fail(
+            f"the engine benchmark runs {ENGINE_SCRIPT} from a source checkout of diffpo-integrations, "
+            "and that file is not here"
+        )
+    # A child process: the script parses its own argv and may call sys.exit.
+    return subprocess.call([sys.executable, str(ENGINE_SCRIPT), *extra])
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from diffpo_integrations.evaluation.delay_server import delay_server
+    from diffpo_integrations.evaluation.overhead import format_table, profile_align, run_overhead
+
+    def measure(url: str) -> None:
+        result = run_overhead(
+            url,
+            delay_ms=args.delay_ms,
+            iterations=args.iterations,
+            warmup=args.warmup,
+            concurrency=args.concurrency,
+            async_calls=args.async_calls,
+            async_rounds=args.async_rounds,
+        )
+        print(format_table(result))
+        if args.profile:
+            print("\ncProfile of TGIAligner.align (sorted by own time):")
+            print(profile_align(url))
+        if args.json:
+            figures = {
+                "delay_ms": result.delay_ms,
+                "iterations": result.iterations,
+                "median_ms": result.median_ms,
+                "added_ms": {n: result.added_ms(n) for n in result.median_ms if result.baseline[n] != n},
+                "baseline": result.baseline,
+                "concurrency": result.concurrency,
+                "async_ms": {n: {"single": a, "concurrent": b} for n, (a, b) in result.async_ms.items()},
+                "concurrency_ratio": {n: result.ratio(n) for n in result.async_ms},
+            }
+            args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
+    if args.url:
+        measure(args.url.rstrip("/"))
+    else:
+        with delay_server(args.delay_ms) as url:
+            measure(url)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffpo bench engine|overhead``."""
+    if args.bench == "engine":
+        return _engine(args)
+    return _overhead(args)
