@@ -28,21 +28,26 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 
 from diffpo_integrations.backends import TGIAligner, default_aligner_url
 
-__all__ = ["CannedLLM", "OpenAICompatibleLLM", "base_llm", "make_aligner", "show"]
+__all__ = ["CannedLLM", "OpenAICompatibleLLM", "base_llm", "make_aligner", "max_new_tokens", "show"]
 
 NOTE = "(SmolLM2-135M-Instruct stands in for a DiffPO checkpoint on this machine.)"
 
 
+def max_new_tokens() -> int:
+    """``$DIFFPO_MAX_NEW_TOKENS`` (default 48): short answers keep a CPU demo quick."""
+    return int(os.environ.get("DIFFPO_MAX_NEW_TOKENS", "48"))
+
+
 def make_aligner() -> TGIAligner:
-    """The aligner at ``$DIFFPO_ALIGNER_URL``; short answers keep the CPU demo quick."""
+    """The aligner at ``$DIFFPO_ALIGNER_URL``."""
     template = os.environ.get("DIFFPO_ALIGNER_TEMPLATE")  # needed for a plain TGI, e.g. "gemma"
-    return TGIAligner(default_aligner_url(), template=template, max_new_tokens=48)
+    return TGIAligner(default_aligner_url(), template=template, max_new_tokens=max_new_tokens(), timeout=600)
 
 
 def base_llm() -> CustomLLM:
     """The drafting model: ``$DIFFPO_BASE_URL``'s OpenAI-compatible route, or :class:`CannedLLM`."""
     url = os.environ.get("DIFFPO_BASE_URL")
-    return OpenAICompatibleLLM(base_url=url) if url else CannedLLM()
+    return OpenAICompatibleLLM(base_url=url, max_tokens=max_new_tokens()) if url else CannedLLM()
 
 
 def show(title: str, draft: str, aligned: str, diffpo: dict[str, Any] | None = None) -> None:

@@ -84,6 +84,14 @@ class DiffPOAlignment:
         self._drafts: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> DiffPOAlignment:
+        # Pydantic deep-copies a DiffPOLLM's private state. Aligners hold network clients and locks,
+        # so a copy shares the aligner and gets its own lock and draft memory.
+        clone = DiffPOAlignment(self.aligner, fail_policy=self.fail_policy, align_options=dict(self.align_options))
+        with self._lock:
+            clone._drafts = OrderedDict(self._drafts)
+        return clone
+
     def __repr__(self) -> str:
         return f"DiffPOAlignment(aligner={self.aligner!r}, fail_policy={self.fail_policy!r})"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from llama_index.core import PromptTemplate, Settings, SummaryIndex
@@ -89,6 +90,15 @@ def test_metadata_and_prompt_settings_mirror_the_inner_llm(aligner: FakeAligner)
     assert type(llm) is DiffPOLLM
     assert not isinstance(llm, FunctionCallingLLM)
     assert DiffPOLLM.class_name() == "DiffPOLLM"
+
+
+def test_copies_share_the_aligner(aligner: FakeAligner) -> None:
+    llm = DiffPOLLM(llm=MockFunctionCallingLLM(), aligner=aligner)
+    for clone in (llm.model_copy(), llm.model_copy(deep=True), copy.deepcopy(llm)):
+        assert type(clone) is DiffPOFunctionCallingLLM
+        assert clone.aligner is aligner
+    plain = DiffPOLLM(llm=DraftLLM(), aligner=aligner)
+    assert copy.deepcopy(plain).complete("x").text == plain.complete("x").text
 
 
 def test_llm_callbacks_fire(aligner: FakeAligner) -> None:
