@@ -103,10 +103,6 @@ class AlignerSettings(BaseModel):
             return self._alignment
 
 
-def _event_data(result: AlignResult) -> dict[str, Any]:
-    return result.metadata()
-
-
 def sync_notifier(run_manager: RunManager | None) -> Notify:
     """Report fail-open results as the custom event :data:`FAIL_OPEN_EVENT` on the component's own run."""
 
@@ -114,7 +110,7 @@ def sync_notifier(run_manager: RunManager | None) -> Notify:
         if run_manager is None:
             return
         manager = CallbackManager(handlers=run_manager.handlers, parent_run_id=run_manager.run_id)
-        manager.on_custom_event(FAIL_OPEN_EVENT, _event_data(result), run_id=run_manager.run_id)
+        manager.on_custom_event(FAIL_OPEN_EVENT, result.metadata(), run_id=run_manager.run_id)
 
     return notify
 
@@ -126,7 +122,7 @@ def async_notifier(run_manager: AsyncRunManager | None) -> AsyncNotify:
         if run_manager is None:
             return
         manager = AsyncCallbackManager(handlers=run_manager.handlers, parent_run_id=run_manager.run_id)
-        await manager.on_custom_event(FAIL_OPEN_EVENT, _event_data(result), run_id=run_manager.run_id)
+        await manager.on_custom_event(FAIL_OPEN_EVENT, result.metadata(), run_id=run_manager.run_id)
 
     return notify
 
