@@ -10,11 +10,14 @@ import json
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx2
 from huggingface_hub import constants as hf_constants
+from huggingface_hub import get_async_session
 from huggingface_hub.errors import (
     GenerationError as HfGenerationError,
 )
@@ -46,6 +49,8 @@ from diffpo_integrations.core.errors import (
 
 __all__ = [
     "RetryPolicy",
+    "async_session",
+    "reset_async_sessions",
     "map_error",
     "parse_sse_line",
     "raise_for_answer",
@@ -59,6 +64,31 @@ T = TypeVar("T")
 # user's own server. Keep it off unless the user opted in or out explicitly.
 if "HF_HUB_DISABLE_TELEMETRY" not in os.environ and "DISABLE_TELEMETRY" not in os.environ:
     hf_constants.HF_HUB_DISABLE_TELEMETRY = True
+
+# huggingface_hub's get_async_session() builds a new client per call, and each new client loads
+# the CA store (~150 ms of CPU here): one client per event loop keeps the per-call cost tiny and
+# lets 64 concurrent calls share one connection pool.
+_ASYNC_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def async_session() -> AsyncIterator[httpx2.AsyncClient]:
+    """The running loop's shared ``httpx2.AsyncClient``, made by huggingface_hub's async factory.
+
+    Use it as ``async with async_session() as client:``; leaving the block does not close it.
+    """
+    loop = asyncio.get_running_loop()
+    client = _ASYNC_SESSIONS.get(loop)
+    if client is None or client.is_closed:
+        client = get_async_session()
+        _ASYNC_SESSIONS[loop] = client
+    yield client
+
+
+def reset_async_sessions() -> None:
+    """Forget the shared async clients, so the next call uses huggingface_hub's current factory."""
+    _ASYNC_SESSIONS.clear()
+
 
 _HF_TGI_ERRORS: dict[type[TextGenerationError], type[AlignerError]] = {
     HfValidationError: ServerValidationError,

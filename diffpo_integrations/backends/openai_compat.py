@@ -17,9 +17,15 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
-from huggingface_hub import get_async_session, get_session
+from huggingface_hub import get_session
 
-from diffpo_integrations.backends._transport import RetryPolicy, map_error, parse_sse_line, raise_for_answer
+from diffpo_integrations.backends._transport import (
+    RetryPolicy,
+    async_session,
+    map_error,
+    parse_sse_line,
+    raise_for_answer,
+)
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -261,7 +267,7 @@ class OpenAICompatAligner(BaseAligner):
         return response.json()
 
     async def _apost(self, path: str, body: dict[str, Any]) -> Any:
-        async with get_async_session() as session:
+        async with async_session() as session:
             response = await session.post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
         raise_for_answer(response, self.endpoint)
         return response.json()
@@ -274,7 +280,7 @@ class OpenAICompatAligner(BaseAligner):
         return dict(response.json())
 
     async def _aget_models(self) -> dict[str, Any] | None:
-        async with get_async_session() as session:
+        async with async_session() as session:
             response = await session.get(self.base_url + "/v1/models", headers=self.headers, timeout=self.timeout)
         if response.status_code == 404:
             return None
@@ -356,7 +362,7 @@ class OpenAICompatAligner(BaseAligner):
             yield AlignChunk(text=first)
         try:
             async with (
-                get_async_session() as session,
+                async_session() as session,
                 session.stream(
                     "POST",
                     self.base_url + "/v1/completions",

@@ -27,6 +27,7 @@ from typing import Any
 import httpx2
 import huggingface_hub
 
+from diffpo_integrations.backends._transport import reset_async_sessions
 from diffpo_integrations.core.prompt import TokenSpan, assemble_answer, build_prompt, render_texts
 from diffpo_integrations.core.templates import BUILTIN_TEMPLATES
 from diffpo_integrations.core.types import coerce_messages
@@ -185,11 +186,13 @@ def mock_tgi(align_route: bool = True, failures: list[int] | None = None) -> Ite
     transport = httpx2.MockTransport(server.handle)
     huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
     huggingface_hub.set_async_client_factory(lambda: httpx2.AsyncClient(transport=transport))
+    reset_async_sessions()
     try:
         yield server
     finally:
         huggingface_hub.set_client_factory(_default_client_factory())
         huggingface_hub.set_async_client_factory(_default_async_client_factory())
+        reset_async_sessions()
 
 
 def _default_client_factory() -> Any:

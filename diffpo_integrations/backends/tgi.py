@@ -15,9 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient, InferenceClient, get_async_session, get_session
+from huggingface_hub import AsyncInferenceClient, InferenceClient, get_session
 
-from diffpo_integrations.backends._transport import RetryPolicy, map_error, parse_sse_line, raise_for_answer
+from diffpo_integrations.backends._transport import (
+    RetryPolicy,
+    async_session,
+    map_error,
+    parse_sse_line,
+    raise_for_answer,
+)
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -200,13 +206,13 @@ class TGIAligner(BaseAligner):
         return response
 
     async def _aget(self, path: str) -> Any:
-        async with get_async_session() as session:
+        async with async_session() as session:
             response = await session.get(self.base_url + path, headers=self.headers, timeout=self.timeout)
         raise_for_answer(response, self.endpoint)
         return response.json()
 
     async def _apost(self, path: str, body: dict[str, Any]) -> httpx2.Response:
-        async with get_async_session() as session:
+        async with async_session() as session:
             response = await session.post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
         raise_for_answer(response, self.endpoint)
         return response
@@ -443,7 +449,7 @@ class TGIAligner(BaseAligner):
         body = self._align_body(request, stream=True)
         try:
             async with (
-                get_async_session() as session,
+                async_session() as session,
                 session.stream(
                     "POST", self.base_url + "/diffpo/align", json=body, headers=self.headers, timeout=self.timeout
                 ) as response,
