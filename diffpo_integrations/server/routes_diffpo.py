@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from diffpo_integrations.core.aligner import AnswerStream
 from diffpo_integrations.core.errors import DiffPOError
 from diffpo_integrations.core.prompt import AlignPrompt
+from diffpo_integrations.core.templates import BUILTIN_TEMPLATES
 from diffpo_integrations.core.types import AlignRequest, AlignResult, coerce_messages
 from diffpo_integrations.server.errors import ApiError, error_body, validation_error
 from diffpo_integrations.server.routes_tgi import sse_event
@@ -63,6 +64,10 @@ def _prepare(state: ServerState, body: AlignBody) -> _Prepared:
     options: dict[str, Any] = {"prompt_mode": body.prompt_mode, "method": body.method}
     options.update(block_size=body.block_size, max_iter=body.max_iter)
     if body.template is not None:
+        # Only builtin names: a request must not make the server load files or reach the hub.
+        if body.template not in BUILTIN_TEMPLATES:
+            msg = f"unknown template {body.template!r}: use one of {sorted(BUILTIN_TEMPLATES)} or leave it out"
+            raise validation_error(msg)
         options["template"] = body.template
     try:
         aligner = _base_aligner(state).with_options(**options)

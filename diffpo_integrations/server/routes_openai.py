@@ -21,7 +21,7 @@ from diffpo_integrations.server.errors import ApiError, error_body, validation_e
 from diffpo_integrations.server.generation import GenerationResult, GenerationSpec
 from diffpo_integrations.server.routes_tgi import sse_event
 from diffpo_integrations.server.schemas import ChatBody, CompletionBody
-from diffpo_integrations.server.state import ClientGone, RequestTimer, ServerState, get_state
+from diffpo_integrations.server.state import ClientGone, ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
 
 __all__ = ["StopTrimmer", "router"]
@@ -127,6 +127,7 @@ async def models(request: Request) -> Response:
 async def chat_completions(request: Request, body: ChatBody) -> Response:
     """OpenAI chat completion over the model's chat template (greedy), streamed or whole."""
     state = get_state(request)
+    timer = new_timer(state)
     _check_common(state, body)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     try:
@@ -136,7 +137,7 @@ async def chat_completions(request: Request, body: ChatBody) -> Response:
         raise validation_error(f"the chat template rejected the messages: {exc}") from exc
     # The template already writes any BOS: add no special tokens (TGI's Messages API does the same).
     ids = await state.encode(prompt, add_special_tokens=False)
-    timer = RequestTimer(prompt_tokens=len(ids), characters=len(prompt))
+    timer.prompt_tokens, timer.characters = len(ids), len(prompt)
     spec = _spec(state, ids, body, body.stream)
     timer.validated_now()
     job = state.submit_generation(spec)

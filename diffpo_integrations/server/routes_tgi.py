@@ -19,7 +19,7 @@ from diffpo_integrations import __version__
 from diffpo_integrations.server.errors import ApiError, error_body, validation_error
 from diffpo_integrations.server.generation import GeneratedToken, GenerationResult, GenerationSpec
 from diffpo_integrations.server.schemas import GenerateBody, GenerateParameters, TokenizeBody
-from diffpo_integrations.server.state import ClientGone, RequestTimer, ServerState, get_state
+from diffpo_integrations.server.state import ClientGone, RequestTimer, ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
 
 __all__ = ["router", "sse_event"]
@@ -106,7 +106,7 @@ def _details(result: GenerationResult) -> dict[str, Any]:
 
 async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any], dict[str, str]]:
     state = get_state(request)
-    timer = RequestTimer()
+    timer = new_timer(state)
     p = body.parameters
     spec = await prepare_generation(state, body.inputs, p, timer, stream=False)
     job = state.submit_generation(spec)
@@ -148,7 +148,7 @@ async def compat_generate(request: Request, body: GenerateBody) -> Response:
 
 async def _start_stream(request: Request, body: GenerateBody) -> Response:
     state = get_state(request)
-    timer = RequestTimer()
+    timer = new_timer(state)
     spec = await prepare_generation(state, body.inputs, body.parameters, timer, stream=True)
     job = state.submit_generation(spec)
     headers = timer.headers()

@@ -18,7 +18,7 @@ from diffpo_integrations.server.metrics import Metrics
 from diffpo_integrations.server.runtime import ModelRuntime
 from diffpo_integrations.server.worker import Cancelled, Job, JobContext, ModelWorker, QueueFull
 
-__all__ = ["ClientGone", "RequestTimer", "ServerState", "get_state"]
+__all__ = ["ClientGone", "RequestTimer", "ServerState", "get_state", "new_timer"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,7 @@ class RequestTimer:
     validated: float | None = None
     prompt_tokens: int = 0
     characters: int = 0
+    compute_type: str = "cpu"
 
     def validated_now(self) -> None:
         """Mark the end of validation."""
@@ -47,7 +48,7 @@ class RequestTimer:
         now = time.perf_counter()
         validated = self.validated or now
         out = {
-            "x-compute-type": "cpu",
+            "x-compute-type": self.compute_type,
             "x-compute-characters": str(self.characters),
             "x-validation-time": _ms(validated - self.start),
             "x-prompt-tokens": str(self.prompt_tokens),
@@ -210,6 +211,11 @@ class ServerState:
         self.metrics.add("accepted_draft_tokens", result.accepted_draft_tokens)
         self.metrics.observe("diffpo_queue_duration_seconds", job.queue_time)
         self.metrics.observe("diffpo_inference_duration_seconds", job.run_time)
+
+
+def new_timer(state: ServerState) -> RequestTimer:
+    """A :class:`RequestTimer` started now, reporting the model's device type."""
+    return RequestTimer(compute_type=state.runtime.device_type)
 
 
 def get_state(request: Request) -> ServerState:
