@@ -10,17 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from diffpo_integrations.cli import align, serve
+from diffpo_integrations.cli import align, bench, evaluate, serve
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = [serve, align]
-try:  # eval and bench arrive with their own modules; the CLI works without them.
-    from diffpo_integrations.cli import bench, evaluate
-
-    _COMMANDS += [evaluate, bench]
-except ImportError:  # pragma: no cover - only while a module is missing
-    pass
+_COMMANDS = [serve, align, evaluate, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
