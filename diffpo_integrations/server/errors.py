@@ -6,6 +6,8 @@
 ``validation``     422     any invalid input (FastAPI's own 422 shape is replaced)
 ``overloaded``     429     the model queue is full (with ``Retry-After``)
 ``generation``     424     the model failed while generating
+``incomplete_generation`` 500  the server stopped while generating (shutdown)
+``internal``       500     an unexpected server error (a bug: the server keeps serving)
 (none)             401     an API key is configured and the request lacks it
 ``not_found``      404     unknown route
 =================  ======  ===========================================
@@ -14,23 +16,32 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "ApiError",
+    "ClientGone",
     "error_body",
     "format_validation_errors",
     "generation_error",
+    "incomplete_generation",
     "install_error_handlers",
     "overloaded",
     "validation_error",
 ]
+
+
+class ClientGone(Exception):
+    """The client disconnected; its generation was cancelled and nobody reads the answer (logged as 499)."""
 
 
 class ApiError(Exception):
@@ -66,6 +77,11 @@ def overloaded(retry_after_s: int) -> ApiError:
 def generation_error(exc: BaseException) -> ApiError:
     """A 424 ``generation`` error for a model failure."""
     return ApiError(424, "generation", f"Request failed during generation: {type(exc).__name__}: {exc}")
+
+
+def incomplete_generation() -> ApiError:
+    """A 500 ``incomplete_generation`` error: the server stopped the generation (shutdown)."""
+    return ApiError(500, "incomplete_generation", "Incomplete generation: the server stopped before it finished")
 
 
 def format_validation_errors(errors: Sequence[Any]) -> str:
@@ -106,7 +122,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_json(_: Request, exc: Exception) -> JSONResponse:
         return validation_error(f"Failed to parse the request body as JSON: {exc}").response()
 
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        _log.exception("unexpected server error")
+        return ApiError(500, "internal", f"internal server error: {type(exc).__name__}").response()
+
+    async def on_client_gone(_: Request, exc: Exception) -> Response:
+        # Nobody reads this answer; the status only shows in logs and metrics (nginx's 499).
+        return Response(status_code=499)
+
+    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(json.JSONDecodeError, on_json)

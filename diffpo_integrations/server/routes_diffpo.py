@@ -24,7 +24,7 @@ from diffpo_integrations.core.types import AlignRequest, AlignResult, coerce_mes
 from diffpo_integrations.server.errors import ApiError, error_body, validation_error
 from diffpo_integrations.server.routes_tgi import sse_event
 from diffpo_integrations.server.schemas import AlignBody
-from diffpo_integrations.server.state import ClientGone, ServerState, get_state
+from diffpo_integrations.server.state import ServerState, get_state
 from diffpo_integrations.server.worker import Job, JobContext
 
 __all__ = ["align_payload", "router"]
@@ -148,10 +148,7 @@ async def align(request: Request, body: AlignBody) -> Response:
         return StreamingResponse(
             _events(state, job), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
         )
-    try:
-        result = await state.wait(job, request)
-    except ClientGone:
-        return Response(status_code=499)
+    result = await state.wait(job, request)
     _record(state, result, job)
     return JSONResponse(align_payload(result), headers=_headers(result, job))
 
@@ -161,8 +158,6 @@ async def _events(state: ServerState, job: Job[AlignResult]) -> AsyncIterator[by
         async for piece in state.stream(job):
             yield sse_event({"text": piece})
         result = await state.finish(job)
-    except ClientGone:
-        return
     except ApiError as exc:
         yield sse_event(error_body(exc.message, exc.error_type))
         return

@@ -21,7 +21,7 @@ from diffpo_integrations.server.errors import ApiError, error_body, validation_e
 from diffpo_integrations.server.generation import GenerationResult, GenerationSpec
 from diffpo_integrations.server.routes_tgi import sse_event
 from diffpo_integrations.server.schemas import ChatBody, CompletionBody
-from diffpo_integrations.server.state import ClientGone, ServerState, get_state, new_timer
+from diffpo_integrations.server.state import ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
 
 __all__ = ["StopTrimmer", "router"]
@@ -148,10 +148,7 @@ async def chat_completions(request: Request, body: ChatBody) -> Response:
         return StreamingResponse(
             _chat_events(state, job, body, ident, created, include_usage, len(ids)), media_type="text/event-stream"
         )
-    try:
-        result = await state.wait(job, request)
-    except ClientGone:
-        return Response(status_code=499)
+    result = await state.wait(job, request)
     state.record(result, job)
     message = {"role": "assistant", "content": _text(state, result, body.stop)}
     payload = {
@@ -195,8 +192,6 @@ async def _chat_events(
             if piece:
                 yield chunk({"content": piece})
         result = await state.finish(job)
-    except ClientGone:
-        return
     except ApiError as exc:
         yield sse_event(error_body(exc.message, exc.error_type))
         return
@@ -252,10 +247,7 @@ async def completions(request: Request, body: CompletionBody) -> Response:
     prompt_tokens = completion_tokens = 0
     for index, (prompt, spec) in enumerate(zip(prompts, specs, strict=True)):
         job = state.submit_generation(spec)
-        try:
-            result = await state.wait(job, request)
-        except ClientGone:
-            return Response(status_code=499)
+        result = await state.wait(job, request)
         state.record(result, job)
         text = (_echo(state, prompt) if body.echo else "") + _text(state, result, body.stop)
         finish = _FINISH[result.finish_reason]
@@ -310,8 +302,6 @@ async def _completion_events(
             if piece:
                 yield chunk(piece)
         result = await state.finish(job)
-    except ClientGone:
-        return
     except ApiError as exc:
         yield sse_event(error_body(exc.message, exc.error_type))
         return

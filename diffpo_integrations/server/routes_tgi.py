@@ -19,7 +19,7 @@ from diffpo_integrations import __version__
 from diffpo_integrations.server.errors import ApiError, error_body, validation_error
 from diffpo_integrations.server.generation import GeneratedToken, GenerationResult, GenerationSpec
 from diffpo_integrations.server.schemas import GenerateBody, GenerateParameters, TokenizeBody
-from diffpo_integrations.server.state import ClientGone, RequestTimer, ServerState, get_state, new_timer
+from diffpo_integrations.server.state import RequestTimer, ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
 
 __all__ = ["router", "sse_event"]
@@ -121,10 +121,7 @@ async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any
 @router.post("/generate")
 async def generate(request: Request, body: GenerateBody) -> Response:
     """TGI ``/generate``: ``{generated_text, details?}``."""
-    try:
-        out, headers = await _generate(request, body)
-    except ClientGone:
-        return Response(status_code=499)
+    out, headers = await _generate(request, body)
     return JSONResponse(out, headers=headers)
 
 
@@ -139,10 +136,7 @@ async def compat_generate(request: Request, body: GenerateBody) -> Response:
     """TGI ``POST /`` (what ``huggingface_hub`` calls): a one-element list, or SSE with ``"stream": true``."""
     if body.stream:
         return await _start_stream(request, body)
-    try:
-        out, headers = await _generate(request, body)
-    except ClientGone:
-        return Response(status_code=499)
+    out, headers = await _generate(request, body)
     return JSONResponse([out], headers=headers)
 
 
@@ -171,8 +165,6 @@ async def _stream_events(
                 continue
             yield sse_event({"index": index, "token": token.tgi(), "generated_text": None, "details": None})
         result = await state.finish(job)
-    except ClientGone:
-        return
     except ApiError as exc:
         yield sse_event(error_body(exc.message, exc.error_type))
         return

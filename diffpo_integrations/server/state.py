@@ -12,21 +12,24 @@ from fastapi import Request
 
 from diffpo_integrations.core.errors import InputError
 from diffpo_integrations.server.config import ServerConfig
-from diffpo_integrations.server.errors import ApiError, generation_error, overloaded, validation_error
+from diffpo_integrations.server.errors import (
+    ApiError,
+    ClientGone,
+    generation_error,
+    incomplete_generation,
+    overloaded,
+    validation_error,
+)
 from diffpo_integrations.server.generation import GenerationResult, GenerationSpec, generation_job
 from diffpo_integrations.server.metrics import Metrics
 from diffpo_integrations.server.runtime import ModelRuntime
 from diffpo_integrations.server.worker import Cancelled, Job, JobContext, ModelWorker, QueueFull
 
-__all__ = ["ClientGone", "RequestTimer", "ServerState", "get_state", "new_timer"]
+__all__ = ["RequestTimer", "ServerState", "get_state", "new_timer"]
 
 T = TypeVar("T")
 
 _DISCONNECT_POLL_S = 0.2
-
-
-class ClientGone(Exception):
-    """The client disconnected; its generation was cancelled and nobody reads the answer."""
 
 
 @dataclass
@@ -189,11 +192,13 @@ class ServerState:
             raise
 
     async def finish(self, job: Job[T]) -> T:
-        """The job's result, with failures mapped: :class:`ClientGone` if cancelled, 424 if the model failed."""
+        """The job's result, with failures mapped: 500 ``incomplete_generation`` if cancelled, 424 if the model failed."""
         try:
             return await job.result()
         except Cancelled:
-            raise ClientGone from None
+            # Only a stopping server cancels a job whose client still waits (a client that left is
+            # handled before this point): tell it the generation is incomplete, as TGI does.
+            raise incomplete_generation() from None
         except ApiError:
             raise
         except InputError as exc:

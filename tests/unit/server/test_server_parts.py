@@ -143,3 +143,26 @@ def test_public_exports() -> None:
     assert sorted(server_pkg.__all__) == ["DecodeMethod", "ServerConfig", "create_app", "run_server", "serve_in_thread"]
     for name in server_pkg.__all__:
         assert getattr(server_pkg, name) is not None
+
+
+async def test_stopping_the_server_makes_a_running_generation_incomplete(tiny: TinyLoaded) -> None:
+    from server_fakes import Gate
+
+    from diffpo_integrations.server.errors import ApiError
+    from diffpo_integrations.server.generation import GenerationSpec
+    from diffpo_integrations.server.runtime import ModelRuntime
+    from diffpo_integrations.server.state import ServerState
+
+    gate = Gate()
+    state = ServerState(ServerConfig(api_key=None), ModelRuntime(tiny, decode_fn=gate))
+    state.worker.start()
+    job = state.submit_generation(GenerationSpec(input_ids=[5, 6, 7], max_new_tokens=50))
+    await asyncio.to_thread(gate.entered.wait, 10)
+    stopping = asyncio.create_task(state.worker.stop())
+    await asyncio.sleep(0.05)
+    gate.release.set()
+    await stopping
+    with pytest.raises(ApiError) as info:
+        await state.finish(job)
+    assert (info.value.status, info.value.error_type) == (500, "incomplete_generation")
+    assert state.worker.cancelled == 1
