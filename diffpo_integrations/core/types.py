@@ -18,6 +18,7 @@ __all__ = [
     "Message",
     "PromptMode",
     "Role",
+    "check_utf8",
     "coerce_messages",
 ]
 
@@ -36,6 +37,23 @@ class Message(BaseModel):
     """``system``, ``user`` or ``assistant`` (assistant turns are the base model's earlier answers)."""
     content: str
     """The turn's text."""
+
+
+def check_utf8(text: str, what: str) -> str:
+    """Return ``text`` if it can be sent as UTF-8; lone surrogates (from undecodable bytes) cannot.
+
+    Raises:
+        InputError: naming ``what`` and the position of the first bad character.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = (
+            f"{what} is not valid UTF-8 text: lone surrogate {text[exc.start]!r} at character {exc.start}; "
+            "decode the source bytes with errors='replace' before aligning"
+        )
+        raise InputError(msg) from None
+    return text
 
 
 def coerce_messages(messages: Iterable[Message | Mapping[str, Any] | tuple[str, str]]) -> list[Message]:
@@ -75,7 +93,7 @@ def coerce_messages(messages: Iterable[Message | Mapping[str, Any] | tuple[str, 
                 "DiffPO aligns text only: pass the text parts joined as one string"
             )
             raise InputError(msg)
-        out.append(Message(role=role, content=content))
+        out.append(Message(role=role, content=check_utf8(content, f"message {i} ({role})")))
     if not out:
         msg = "the conversation is empty: pass at least the user turn that the draft answers"
         raise InputError(msg)
@@ -111,6 +129,11 @@ class AlignRequest(BaseModel):
     @classmethod
     def _coerce(cls, value: Any) -> list[Message]:
         return coerce_messages(value)
+
+    @field_validator("draft")
+    @classmethod
+    def _draft_utf8(cls, value: str) -> str:
+        return check_utf8(value, "the draft")
 
     @field_validator("messages")
     @classmethod
