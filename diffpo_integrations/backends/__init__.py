@@ -1,6 +1,15 @@
 """Aligner backends: TGI (and the embedded server), OpenAI-compatible servers, in-process, pools."""
 
 from diffpo_integrations.backends.openai_compat import OpenAICompatAligner
+from diffpo_integrations.backends.pool import AlignerPool, CircuitState, EndpointStats
 from diffpo_integrations.backends.tgi import DEFAULT_ALIGNER_URL, TGIAligner, default_aligner_url
 
-__all__ = ["DEFAULT_ALIGNER_URL", "OpenAICompatAligner", "TGIAligner", "default_aligner_url"]
+__all__ = [
+    "DEFAULT_ALIGNER_URL",
+    "AlignerPool",
+    "CircuitState",
+    "EndpointStats",
+    "OpenAICompatAligner",
+    "TGIAligner",
+    "default_aligner_url",
+]
