@@ -32,6 +32,7 @@ __all__ = [
     "ConfigurationError",
     "ConversationNotFoundError",
     "DiffPOError",
+    "FailOpenWarning",
     "GenerationError",
     "IncompleteGenerationError",
     "InputError",
@@ -55,6 +56,13 @@ class InputError(DiffPOError, ValueError):
 
 class ConversationNotFoundError(DiffPOError, LookupError):
     """A chain step received a draft but could not find the conversation that produced it."""
+
+
+class FailOpenWarning(UserWarning):
+    """A ``fail_policy="open"`` component returned the draft unaligned (flagged); the message says why.
+
+    Shared by the LangChain and LlamaIndex components, so one warnings filter covers both.
+    """
 
 
 class AlignerError(DiffPOError):

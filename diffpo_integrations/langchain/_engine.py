@@ -20,7 +20,13 @@ from langchain_core.utils import from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from diffpo_integrations.core.aligner import Aligner
-from diffpo_integrations.core.errors import AlignerError, ConfigurationError, IncompleteGenerationError, InputError
+from diffpo_integrations.core.errors import (
+    AlignerError,
+    ConfigurationError,
+    FailOpenWarning,
+    IncompleteGenerationError,
+    InputError,
+)
 from diffpo_integrations.core.types import AlignResult, FailPolicy
 from diffpo_integrations.langchain._convert import (
     ConversationLike,
@@ -57,10 +63,6 @@ AsyncNotify = Callable[[AlignResult], Awaitable[None]]
 # Errors of one call that a fail-open policy absorbs. ConversationNotFoundError and
 # ConfigurationError are wiring mistakes: returning drafts silently would hide them forever.
 _RECOVERABLE = (AlignerError, InputError)
-
-
-class FailOpenWarning(UserWarning):
-    """A fail-open policy returned the draft unaligned; the message says why."""
 
 
 class AlignerSettings(BaseModel):

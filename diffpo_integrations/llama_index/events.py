@@ -23,6 +23,8 @@ from typing import Any
 from llama_index_instrumentation.base import BaseEvent
 from pydantic import Field
 
+from diffpo_integrations.core.errors import FailOpenWarning
+
 __all__ = ["DiffPOAlignEndEvent", "DiffPOAlignStartEvent", "DiffPOFailOpenWarning"]
 
 
@@ -56,5 +58,5 @@ class DiffPOAlignEndEvent(BaseEvent):
         return "DiffPOAlignEndEvent"
 
 
-class DiffPOFailOpenWarning(UserWarning):
-    """The aligner failed and ``fail_policy="open"`` returned the draft unaligned (and flagged)."""
+DiffPOFailOpenWarning = FailOpenWarning
+"""The package's :class:`~diffpo_integrations.core.errors.FailOpenWarning`, under its LlamaIndex name."""
