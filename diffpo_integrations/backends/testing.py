@@ -183,7 +183,8 @@ def mock_tgi(align_route: bool = True, failures: list[int] | None = None) -> Ite
     Any host name works (``http://mock-tgi``); no socket is opened.
     """
     server = MockTGIServer(align_route=align_route, failures=list(failures or []))
-    transport = httpx2.MockTransport(server.handle)
+    # Look the handler up per request, so a test can wrap or replace server.handle.
+    transport = httpx2.MockTransport(lambda request: server.handle(request))
     huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
     huggingface_hub.set_async_client_factory(lambda: httpx2.AsyncClient(transport=transport))
     reset_async_sessions()

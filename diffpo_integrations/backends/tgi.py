@@ -280,8 +280,9 @@ class TGIAligner(BaseAligner):
         finish_reason: str,
         token_ids: list[int],
     ) -> AlignResult:
-        if finish_reason == "stop_sequence" and generated_text.endswith(prompt.stop):
-            # The end-of-turn token came back as a stop sequence: for DiffPO that is the end of turn.
+        if finish_reason == "stop_sequence":
+            # The only stop sequence sent is the template's end-of-turn token, so this is the end of
+            # turn, as /diffpo/align reports it (servers differ on whether the stop text is kept).
             finish_reason = "eos_token"
         return AlignResult(
             text=assemble_answer(prompt.kept_text, generated_text, prompt.stop),
