@@ -1,0 +1,40 @@
+"""In-process DiffPO engine: model loading and token-level decoding.
+
+Needs the ``local`` extra (torch, transformers). The decoding functions work on token ids;
+prompt building lives in :mod:`diffpo_integrations.core`.
+
+- :func:`load_model` loads the aligner (default: the packaged SmolLM2 GGUF, cached as
+  safetensors after the first load).
+- :func:`greedy`, :func:`speculative` and :func:`reference_jacobi` decode one sequence and
+  return a :class:`DecodeResult`; :func:`decode` picks one by name.
+"""
+
+from diffpo_integrations.engine.decoding import (
+    DecodeMethod,
+    DecodeResult,
+    FinishReason,
+    TokenCallback,
+    decode,
+    greedy,
+    reference_jacobi,
+)
+from diffpo_integrations.engine.loading import LoadedModel, eos_token_ids, load_model, smollm2_gguf_path
+from diffpo_integrations.engine.speculation import SpeculationConfig, speculative
+from diffpo_integrations.engine.testing import tiny_random_model
+
+__all__ = [
+    "DecodeMethod",
+    "DecodeResult",
+    "FinishReason",
+    "LoadedModel",
+    "SpeculationConfig",
+    "TokenCallback",
+    "decode",
+    "eos_token_ids",
+    "greedy",
+    "load_model",
+    "reference_jacobi",
+    "smollm2_gguf_path",
+    "speculative",
+    "tiny_random_model",
+]

@@ -1,0 +1,268 @@
+"""Shared pieces of the decoding loops: the result type, token emission and KV-cache passes.
+
+Everything here works on one sequence (batch size 1) and on token ids; tokenizers and chat
+templates belong to the callers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+__all__ = [
+    "DecodeResult",
+    "FinishReason",
+    "TokenCallback",
+    "argmax_ids",
+    "check_decode_args",
+    "Emitter",
+    "KVSession",
+    "full_forward_argmax",
+    "model_device",
+]
+
+FinishReason = Literal["eos_token", "length"]
+"""Why decoding ended: a stop token was produced, or ``max_new_tokens`` was reached."""
+
+TokenCallback = Callable[[int], None]
+"""Streaming hook: called with each newly accepted token id, in order."""
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What a decoding function produced and what it cost.
+
+    Attributes:
+        tokens: Generated token ids after the fixed prompt, including the stop token when one
+            was produced.
+        finish_reason: ``"eos_token"`` when a stop token ended decoding, else ``"length"``.
+        forward_passes: Number of model forward calls.
+        accepted_draft_tokens: Draft tokens the output kept (speculative: tokens accepted by
+            verification; Jacobi: output positions equal to the draft token there; greedy: 0).
+        prefill_tokens: Length of the fixed prompt.
+        elapsed_s: Wall time of the call in seconds.
+    """
+
+    tokens: list[int]
+    finish_reason: FinishReason
+    forward_passes: int
+    accepted_draft_tokens: int
+    prefill_tokens: int
+    elapsed_s: float
+
+
+def check_decode_args(input_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Validate the arguments every decoding function shares.
+
+    Args:
+        input_ids: The fixed prompt.
+        max_new_tokens: Budget of generated tokens.
+
+    Returns:
+        The prompt as a list of ints.
+
+    Raises:
+        ValueError: If the prompt is empty or the budget is negative.
+    """
+    prompt = [int(t) for t in input_ids]
+    if not prompt:
+        msg = "input_ids must hold at least one token (the model needs a position to predict from)"
+        raise ValueError(msg)
+    if max_new_tokens < 0:
+        msg = f"max_new_tokens must be >= 0, got {max_new_tokens}"
+        raise ValueError(msg)
+    return prompt
+
+
+class Emitter:
+    """Collects generated tokens and applies the stop rules shared by every method.
+
+    Decoding ends after the first stop token (kept in the output) or once ``max_new_tokens``
+    tokens exist, whichever comes first, so all methods truncate identically.
+
+    Args:
+        max_new_tokens: Budget of generated tokens.
+        stop_token_ids: Token ids that end decoding.
+        on_token: Optional streaming hook called with each token as it is accepted.
+    """
+
+    def __init__(
+        self,
+        max_new_tokens: int,
+        stop_token_ids: Collection[int],
+        on_token: TokenCallback | None = None,
+    ) -> None:
+        self.tokens: list[int] = []
+        self.max_new_tokens = max_new_tokens
+        self.stop_token_ids = frozenset(int(t) for t in stop_token_ids)
+        self.on_token = on_token
+        # A zero budget is finished before any pass runs.
+        self.finish_reason: FinishReason | None = "length" if max_new_tokens == 0 else None
+
+    @property
+    def done(self) -> bool:
+        """Whether a stop rule has fired."""
+        return self.finish_reason is not None
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still allowed by the budget."""
+        return self.max_new_tokens - len(self.tokens)
+
+    def push(self, token: int) -> bool:
+        """Append one token.
+
+        Args:
+            token: The token id.
+
+        Returns:
+            True when decoding must stop after this token.
+        """
+        self.tokens.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
+        if token in self.stop_token_ids:
+            self.finish_reason = "eos_token"
+        elif len(self.tokens) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        return self.finish_reason is not None
+
+    def result(self, *, forward_passes: int, accepted: int, prefill_tokens: int, elapsed_s: float) -> DecodeResult:
+        """Freeze the collected tokens into a :class:`DecodeResult`.
+
+        Args:
+            forward_passes: Model calls made.
+            accepted: Draft tokens kept.
+            prefill_tokens: Length of the fixed prompt.
+            elapsed_s: Wall time.
+
+        Returns:
+            The result.
+        """
+        # A loop only leaves early through a stop rule, so finish_reason is set here; "length"
+        # covers the defensive case of a caller that exhausted its own iteration bound.
+        return DecodeResult(
+            tokens=list(self.tokens),
+            finish_reason=self.finish_reason or "length",
+            forward_passes=forward_passes,
+            accepted_draft_tokens=accepted,
+            prefill_tokens=prefill_tokens,
+            elapsed_s=elapsed_s,
+        )
+
+
+def model_device(model: Any) -> torch.device:
+    """Device of the model's first parameter.
+
+    Args:
+        model: A torch module.
+
+    Returns:
+        Its device (CPU for a model without parameters).
+    """
+    for param in model.parameters():
+        return torch.device(param.device)
+    return torch.device("cpu")
+
+
+def argmax_ids(logits: torch.Tensor) -> list[int]:
+    """Greedy choice at every position of ``[1, positions, vocab]`` logits.
+
+    Args:
+        logits: Model output logits for one sequence.
+
+    Returns:
+        One token id per position.
+    """
+    # torch.argmax returns the first maximal index, so exact ties resolve the same way in
+    # every method as long as the logits are bit-identical.
+    ids: list[int] = logits[0].argmax(dim=-1).tolist()
+    return ids
+
+
+def _forward_parameters(model: Any) -> Collection[str]:
+    return inspect.signature(model.forward).parameters.keys()
+
+
+class KVSession:
+    """One sequence's KV cache with counted forward passes and rollback.
+
+    transformers 5 names the cache argument ``cache`` (``past_key_values`` before); the
+    session detects which one the model takes, so the loops run on both generations.
+
+    Args:
+        model: A causal LM in eval mode.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.device = model_device(model)
+        params = _forward_parameters(model)
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        try:
+            # With the config the cache mirrors the model's sliding/full layer layout; sliding
+            # layers can only be rolled back past their window when they record the past.
+            cache: Any = DynamicCache(config=model.config)
+            if hasattr(cache, "activate_past_recording"):
+                cache.activate_past_recording()
+        except TypeError:  # pragma: no cover - transformers without the config argument
+            cache = DynamicCache()
+        self.cache = cache
+        self.length = 0
+        self.forward_passes = 0
+
+    def feed(self, tokens: Sequence[int], n_logits: int) -> list[int]:
+        """Run the model over ``tokens`` after the cached ones.
+
+        Args:
+            tokens: Token ids to append to the cache.
+            n_logits: How many trailing positions need a prediction.
+
+        Returns:
+            The argmax token at each of the last ``n_logits`` positions.
+        """
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
+        if self._keep_kw is not None:
+            # Only the verified positions need the (large) vocabulary projection.
+            kwargs[self._keep_kw] = n_logits
+        logits = self.model(input_ids=ids, **kwargs).logits
+        self.forward_passes += 1
+        self.length += len(tokens)
+        return argmax_ids(logits[:, -n_logits:, :])
+
+    def rollback(self, n_tokens: int) -> None:
+        """Drop the last ``n_tokens`` positions from the cache.
+
+        Args:
+            n_tokens: Positions to remove (0 is a no-op).
+        """
+        if n_tokens > 0:
+            self.cache.crop(-n_tokens)
+            self.length -= n_tokens
+
+
+def full_forward_argmax(model: Any, tokens: Sequence[int], n_logits: int) -> list[int]:
+    """One cache-free forward pass over ``tokens`` (the Jacobi loop's full recompute).
+
+    Args:
+        model: A causal LM in eval mode.
+        tokens: The whole sequence.
+        n_logits: How many trailing positions need a prediction.
+
+    Returns:
+        The argmax token at each of the last ``n_logits`` positions.
+    """
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=model_device(model))
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if "logits_to_keep" in _forward_parameters(model):
+        kwargs["logits_to_keep"] = n_logits
+    logits = model(input_ids=ids, **kwargs).logits
+    return argmax_ids(logits[:, -n_logits:, :])
