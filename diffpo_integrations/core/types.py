@@ -133,6 +133,10 @@ class AlignRequest(BaseModel):
     @field_validator("draft")
     @classmethod
     def _draft_utf8(cls, value: str) -> str:
+        if not value.strip():
+            # Checked here, before any request is sent, so every backend answers the same way.
+            msg = "the draft is empty or whitespace: pass the base model's answer text as the draft"
+            raise InputError(msg)
         return check_utf8(value, "the draft")
 
     @field_validator("messages")

@@ -183,9 +183,10 @@ def test_fail_open_covers_bad_drafts_but_not_wiring_errors(
     prompt: ChatPromptTemplate, make_llm: Callable[..., ScriptedChatModel]
 ) -> None:
     refuses = FailingAligner(InputError("the draft is empty"))
-    with pytest.raises(InputError, match=r"^the draft is empty$"):
+    # The whitespace draft is refused when the request is built, before the aligner is called.
+    with pytest.raises(InputError, match=r"^the draft is empty or whitespace: pass the base model's answer text"):
         (prompt | make_llm("   ") | DiffPOAlign(aligner=refuses)).invoke({"question": "Q"})
-    with pytest.warns(FailOpenWarning, match=r"InputError: the draft is empty$"):
+    with pytest.warns(FailOpenWarning, match=r"InputError: the draft is empty or whitespace: "):
         out = (prompt | make_llm("   ") | DiffPOAlign(aligner=refuses, fail_policy="open")).invoke({"question": "Q"})
     assert out.content == "   "
     # A missing conversation is a wiring mistake: fail-open does not hide it.
