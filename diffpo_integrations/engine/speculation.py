@@ -9,8 +9,9 @@ speculation source:
    prefix where the model's argmax equals the draft is kept, plus the model's own next token.
    Rejected positions are cropped from the KV cache.
 3. After an edit, :class:`DraftCursor` re-synchronises with the draft by looking up the last
-   generated n-gram (4 down to 2 tokens anywhere, 1 token near the expected place), so
-   substitutions, insertions and deletions cost one pass each.
+   generated tokens in it (the last token one position off, shorter n-grams near the
+   expected place, 6 tokens anywhere), so a one-token substitution, insertion or deletion
+   costs about one extra pass.
 4. The chunk length follows a cost model: a pass over several tokens costs more than a
    one-token step (measured on a 2-core CPU: about 1.9x, plus 3.5 % per token), so the loop
    speculates only when the recent acceptance rate makes it pay and otherwise takes plain
@@ -61,10 +62,11 @@ class SpeculationConfig:
         prior_weight: How many observations the prior is worth.
         acceptance_decay: Per-token decay of past draft hits and misses in the estimate.
         max_ngram: Longest generated suffix looked up in the draft when re-synchronising.
-        resync_window: Distance from the expected draft position within which a re-sync
-            match is trusted; farther, only n-grams of 3 or more tokens count.
-        guess_accuracy: Probability that a re-sync without any match (the "substitution"
-            guess) finds the right draft position.
+        resync_window: Reach of a re-sync match per n-gram token: an n-gram shorter than
+            ``max_ngram`` counts within ``resync_window * (n - 1)`` positions of the expected
+            place, a ``max_ngram``-gram anywhere.
+        guess_accuracy: Prior probability that a re-sync without any match (the
+            "substitution" guess) finds the right draft position.
     """
 
     verify_base_cost: float = 1.9
@@ -75,8 +77,8 @@ class SpeculationConfig:
     prior_acceptance: float = 0.5
     prior_weight: float = 2.0
     acceptance_decay: float = 0.98
-    max_ngram: int = 4
-    resync_window: int = 4
+    max_ngram: int = 6
+    resync_window: int = 2
     guess_accuracy: float = 0.5
 
     @classmethod
@@ -116,7 +118,9 @@ def _best_chunk(acceptance: float, limit: int, config: SpeculationConfig) -> tup
     return best, best_expected
 
 
-def choose_chunk(acceptance: float, limit: int, config: SpeculationConfig, *, confirmed: bool = True) -> int:
+def choose_chunk(
+    acceptance: float, limit: int, config: SpeculationConfig, *, guess_accuracy: float | None = None
+) -> int:
     """Number of draft tokens to verify next; 0 means a plain greedy step.
 
     Models each draft token as accepted with probability ``acceptance`` until the first
@@ -124,24 +128,25 @@ def choose_chunk(acceptance: float, limit: int, config: SpeculationConfig, *, co
     ``verify_base_cost + c * verify_token_cost`` (a greedy step costs 1); the chunk with the
     best ratio wins when it beats greedy by ``min_gain``.
 
-    When the cursor only guessed where the draft resumes (``confirmed=False``), the guess is
-    right with probability ``guess_accuracy``. Speculating on it is compared with one greedy
-    step first, whose token shows where the draft resumes, then the same chunk: where
+    When the cursor only guessed where the draft resumes, the guess is right with
+    probability ``guess_accuracy``. Speculating on it is compared with one greedy step
+    first, whose token shows where the draft resumes, then the same chunk: where
     verification is dear (CPU) the step usually wins, where it is cheap (GPU) the guess does.
 
     Args:
         acceptance: Estimated probability that the next draft token is accepted.
         limit: Largest chunk allowed (draft left, token budget).
         config: The cost model.
-        confirmed: Whether the last token confirmed the cursor's alignment.
+        guess_accuracy: ``None`` when the cursor's position is confirmed, else the
+            probability that its guessed position is right.
 
     Returns:
         The chunk length.
     """
     chunk, expected = _best_chunk(acceptance, limit, config)
-    if confirmed or chunk == 0:
+    if guess_accuracy is None or chunk == 0:
         return chunk
-    p, cost = config.guess_accuracy, _verify_cost(chunk, config)
+    p, cost = guess_accuracy, _verify_cost(chunk, config)
     # Guess now: right, the chunk's tokens; wrong, one token, then the chunk again.
     guess_rate = (p * expected + (1 - p) * (1 + expected)) / (cost + (1 - p) * cost)
     probe_rate = (1 + expected) / (1 + cost)
@@ -152,10 +157,12 @@ class DraftCursor:
     """Where the generated text stands in the draft, and how often the draft has been right.
 
     ``position`` is the index of the draft token expected next. A generated token equal to it
-    advances the cursor; any other token triggers a re-sync: the longest generated suffix
-    (``max_ngram`` down to 2 tokens) found in the draft, nearest to the expected place; else
-    the last token found within one or two positions (an insertion in the draft, or a
-    deletion detected one step late); else the guess "substitution" (skip one draft token).
+    advances the cursor; any other token triggers a re-sync: the token found one position off
+    (an insertion in the draft, or a deletion detected one step late); else the longest
+    generated suffix (``max_ngram`` down to 2 tokens) found in the draft nearest to the
+    expected place, within ``resync_window * (n - 1)`` positions for n-grams shorter than
+    ``max_ngram``; else the guess "substitution" (skip one draft token), left unconfirmed
+    until a generated token matches it.
 
     Args:
         draft: Draft token ids, aligned so that ``draft[0]`` follows the fixed prompt.
@@ -170,8 +177,10 @@ class DraftCursor:
         self._decay = config.acceptance_decay
         self._prior = config.prior_acceptance
         self._prior_weight = config.prior_weight
-        self._hits = 0.0
-        self._trials = 0.0
+        self._guess_prior = config.guess_accuracy
+        # Decayed [hits, trials] after confirmed positions and after guessed ones.
+        self._draft_counts = [0.0, 0.0]
+        self._guess_counts = [0.0, 0.0]
         self._max_ngram = max(1, config.max_ngram)
         self._window = config.resync_window
         self._history: list[int] = []
@@ -183,12 +192,19 @@ class DraftCursor:
 
     @property
     def acceptance(self) -> float:
-        """Estimated probability that the next draft token is accepted.
+        """Estimated probability that a draft token at a confirmed position is accepted.
 
-        The mean of a Beta posterior over recent draft hits: hits and trials decay
-        geometrically, so the estimate follows the draft's quality along the answer.
+        The mean of a Beta posterior over recent hits: hits and trials decay geometrically,
+        so the estimate follows the draft's quality along the answer.
         """
-        return (self._hits + self._prior * self._prior_weight) / (self._trials + self._prior_weight)
+        hits, trials = self._draft_counts
+        return (hits + self._prior * self._prior_weight) / (trials + self._prior_weight)
+
+    @property
+    def guess_accuracy(self) -> float:
+        """Estimated probability that a guessed position (re-sync without a match) is right."""
+        hits, trials = self._guess_counts
+        return (hits + self._guess_prior * self._prior_weight) / (trials + self._prior_weight)
 
     def candidates(self, n: int) -> list[int]:
         """The next ``n`` draft tokens from the cursor (fewer near the draft's end).
@@ -216,8 +232,11 @@ class DraftCursor:
         if pos >= len(self.draft):
             return  # Draft used up: nothing left to align with.
         hit = self.draft[pos] == token
-        self._hits = self._decay * self._hits + hit
-        self._trials = self._decay * self._trials + 1.0
+        # A token after a confirmed alignment measures the draft; one after a guess measures
+        # the guess. Mixing them would count every wrong guess against the draft.
+        counts = self._draft_counts if self.confirmed else self._guess_counts
+        counts[0] = self._decay * counts[0] + hit
+        counts[1] = self._decay * counts[1] + 1.0
         self.confirmed = hit
         self.position = pos + 1 if hit else self._resync(pos)
 
@@ -234,6 +253,13 @@ class DraftCursor:
         # perfect alignment resumes at expected + 1.
         target = expected + 1
         hist = self._history
+        token = hist[-1]
+        # A one-token edit: the token sits one further in the draft (an insertion there), or
+        # one back (a deletion, seen one token late after a substitution guess).
+        for index in (expected + 1, expected - 1):
+            if 0 <= index < len(self.draft) and self.draft[index] == token:
+                self.confirmed = True
+                return index + 1
         for n in range(min(self._max_ngram, len(hist)), 1, -1):
             found = self._nearest(tuple(hist[-n:]), target)
             # Short n-grams of common tokens ("\n\n", ", the") recur all over a draft: trust a
@@ -242,13 +268,6 @@ class DraftCursor:
             if found is not None and abs(found - target) <= reach:
                 self.confirmed = True
                 return found
-        token = hist[-1]
-        # Insertion in the draft: the token sits one further (expected + 1); a deletion found
-        # one step late, after a substitution guess: it sits one back (expected - 1).
-        for index in (expected + 1, expected - 1):
-            if 0 <= index < len(self.draft) and self.draft[index] == token:
-                self.confirmed = True
-                return index + 1
         # No evidence: guess a substitution and let the next token confirm it.
         return min(target, len(self.draft))
 
@@ -326,7 +345,8 @@ def speculative(
             elif first:
                 want = cfg.initial_chunk
             else:
-                want = choose_chunk(cursor.acceptance, min(limit, cfg.max_chunk), cfg, confirmed=cursor.confirmed)
+                guess = None if cursor.confirmed else cursor.guess_accuracy
+                want = choose_chunk(cursor.acceptance, min(limit, cfg.max_chunk), cfg, guess_accuracy=guess)
             cand = _cut_after_stop(cursor.candidates(min(want, limit)), emitter.stop_token_ids)
             preds = session.feed(feed + cand, len(cand) + 1)
             k = _matching_prefix(preds, cand)

@@ -51,24 +51,36 @@ def test_deletion_from_the_draft_is_found_one_token_late() -> None:
 
 
 def test_long_ngram_found_anywhere_bigram_only_nearby() -> None:
-    draft = [1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 40, 41, 42, 43, 44]
-    jumped = walk(draft, [1, 2, 40, 41, 42, 43])  # the answer moved to the draft's last sentence
-    assert jumped.position == 24
-    far_bigram = walk(draft, [1, 2, 77, 26, 27])  # a bigram 13 positions ahead: not trusted
+    draft = list(range(100, 140))
+    longest = CPU.max_ngram
+    # The answer moved on to a later sentence of the draft: the longest n-gram is trusted anywhere.
+    jumped = walk(draft, [100, 101, *draft[25 : 25 + longest]])
+    assert (jumped.position, jumped.confirmed) == (25 + longest, True)
+    # A bigram 13 positions ahead is more likely a common phrase recurring: not trusted.
+    far_bigram = walk(draft, [100, 101, 7, 116, 117])
     assert (far_bigram.position, far_bigram.confirmed) == (5, False)
+    near_bigram = walk(draft, [100, 101, 7, 104, 105])
+    assert (near_bigram.position, near_bigram.confirmed) == (6, True)
 
 
-def test_acceptance_estimate_follows_hits_and_misses() -> None:
+def test_acceptance_and_guess_estimates_follow_hits_and_misses() -> None:
     draft = list(range(100, 160))
     cursor = DraftCursor(draft, CPU)
     assert cursor.acceptance == pytest.approx(CPU.prior_acceptance)
+    assert cursor.guess_accuracy == pytest.approx(CPU.guess_accuracy)
     for token in draft[:30]:
         cursor.observe(token)
     high = cursor.acceptance
     assert high > 0.9
+    # Foreign text: one miss counts against the draft, the misses after guesses against guessing.
     for token in range(500, 520):
         cursor.observe(token)
-    assert cursor.acceptance < high - 0.2
+    assert high - 0.1 < cursor.acceptance < high
+    assert cursor.guess_accuracy < 0.1
+    # Back on the draft with confirmed positions: misses there count against the draft.
+    for i in range(10):
+        cursor.observe(draft[cursor.position] if i % 2 else 999)
+    assert cursor.acceptance < 0.8
 
 
 def test_chunk_choice_follows_the_cost_model() -> None:
@@ -84,5 +96,6 @@ def test_chunk_choice_follows_the_cost_model() -> None:
 
 
 def test_a_guessed_position_is_probed_on_cpu_and_verified_on_gpu() -> None:
-    assert choose_chunk(0.9, 100, CPU, confirmed=False) == 0
-    assert choose_chunk(0.9, 100, GPU, confirmed=False) == choose_chunk(0.9, 100, GPU)
+    assert choose_chunk(0.9, 100, CPU, guess_accuracy=0.5) == 0
+    assert choose_chunk(0.9, 100, GPU, guess_accuracy=0.5) == choose_chunk(0.9, 100, GPU)
+    assert choose_chunk(0.9, 100, GPU, guess_accuracy=0.01) == 0

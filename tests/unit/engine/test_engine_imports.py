@@ -1,0 +1,40 @@
+"""The engine's public names: every module's ``__all__`` resolves, the package re-exports them."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import diffpo_integrations.engine as engine
+
+MODULES = ("_core", "decoding", "loading", "speculation", "testing")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_all_resolves(name: str) -> None:
+    module = importlib.import_module(f"diffpo_integrations.engine.{name}")
+    assert module.__all__, name
+    for attr in module.__all__:
+        assert hasattr(module, attr), f"{name}.{attr}"
+
+
+def test_package_exports() -> None:
+    assert sorted(engine.__all__) == [
+        "DecodeMethod",
+        "DecodeResult",
+        "FinishReason",
+        "LoadedModel",
+        "SpeculationConfig",
+        "TokenCallback",
+        "decode",
+        "eos_token_ids",
+        "greedy",
+        "load_model",
+        "reference_jacobi",
+        "smollm2_gguf_path",
+        "speculative",
+        "tiny_random_model",
+    ]
+    for attr in engine.__all__:
+        assert hasattr(engine, attr), attr
