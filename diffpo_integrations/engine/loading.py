@@ -232,6 +232,16 @@ def _ensure_gguf_cache(gguf_path: Path, cache_dir: str | os.PathLike[str] | None
     return final
 
 
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if not isinstance(dtype, str):
+        return dtype
+    resolved = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        msg = f"unknown dtype {dtype!r}; use a torch dtype name such as 'float32' or 'bfloat16'"
+        raise ValueError(msg)
+    return resolved
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -264,13 +274,12 @@ def load_model(
     Raises:
         FileNotFoundError: When the default model's package, a ``.gguf`` path, or a local
             path that is neither a folder nor a file is missing.
-        ValueError: When ``model`` is a file that is not ``.gguf``.
+        ValueError: When ``model`` is a file that is not ``.gguf``, or ``dtype`` is unknown.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = _resolve_device(device)
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    torch_dtype = torch_dtype or default_dtype(target)
+    torch_dtype = _resolve_dtype(dtype) or default_dtype(target)
     source = smollm2_gguf_path() if model is None else Path(model).expanduser()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.is_file():

@@ -106,6 +106,9 @@ def test_local_folder_and_bad_paths(tmp_path: Path, smollm2_tokenizer: Any) -> N
     not_a_model.write_text("hello")
     with pytest.raises(ValueError, match=r"not a \.gguf model"):
         load_model(not_a_model)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_model(folder, dtype="float99")
+    assert load_model(folder, dtype="bfloat16", device="cpu").model.dtype == torch.bfloat16
 
 
 class _Tokenizer:
