@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-concurrent-requests", type=int, default=None)
+    parser.add_argument(
+        "--max-batch-size", type=int, default=None, help="generations decoded together (1: one at a time; default 8)"
+    )
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads for the model (default: torch's)")
     parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before answering 429")
     parser.add_argument("--max-input-tokens", type=int, default=None)
     parser.add_argument("--max-total-tokens", type=int, default=None)

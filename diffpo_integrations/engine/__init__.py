@@ -7,8 +7,11 @@ prompt building lives in :mod:`diffpo_integrations.core`.
   safetensors after the first load).
 - :func:`greedy`, :func:`speculative` and :func:`reference_jacobi` decode one sequence and
   return a :class:`DecodeResult`; :func:`decode` picks one by name.
+- :class:`BatchScheduler` runs the decodes of several threads as shared forward passes
+  (:func:`use_scheduler` routes a thread through it); the embedded server batches with it.
 """
 
+from diffpo_integrations.engine.batching import BatchScheduler, supports_batching, use_scheduler
 from diffpo_integrations.engine.decoding import (
     DecodeMethod,
     DecodeResult,
@@ -23,6 +26,7 @@ from diffpo_integrations.engine.speculation import SpeculationConfig, speculativ
 from diffpo_integrations.engine.testing import tiny_random_model
 
 __all__ = [
+    "BatchScheduler",
     "DecodeMethod",
     "DecodeResult",
     "FinishReason",
@@ -36,5 +40,7 @@ __all__ = [
     "reference_jacobi",
     "smollm2_gguf_path",
     "speculative",
+    "supports_batching",
     "tiny_random_model",
+    "use_scheduler",
 ]

@@ -7,6 +7,8 @@ templates belong to the callers.
 from __future__ import annotations
 
 import inspect
+import threading
+import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +25,7 @@ __all__ = [
     "KVSession",
     "full_forward_argmax",
     "model_device",
+    "model_lock",
 ]
 
 FinishReason = Literal["eos_token", "length"]
@@ -155,6 +158,29 @@ class Emitter:
         )
 
 
+_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock that serialises forward passes on ``model`` across threads.
+
+    Two forwards at once on one CPU only fight for the same cores, so every pass of the engine
+    (batched, single-sequence, full recompute) and of the server's scoring takes it.
+
+    Args:
+        model: The torch module.
+
+    Returns:
+        One re-entrant lock per model object.
+    """
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
 def model_device(model: Any) -> torch.device:
     """Device of the model's first parameter.
 
@@ -233,7 +259,8 @@ class KVSession:
         if self._keep_kw is not None:
             # Only the verified positions need the (large) vocabulary projection.
             kwargs[self._keep_kw] = n_logits
-        logits = self.model(input_ids=ids, **kwargs).logits
+        with model_lock(self.model):
+            logits = self.model(input_ids=ids, **kwargs).logits
         self.forward_passes += 1
         self.length += len(tokens)
         return argmax_ids(logits[:, -n_logits:, :])
@@ -264,5 +291,6 @@ def full_forward_argmax(model: Any, tokens: Sequence[int], n_logits: int) -> lis
     kwargs: dict[str, Any] = {"use_cache": False}
     if "logits_to_keep" in _forward_parameters(model):
         kwargs["logits_to_keep"] = n_logits
-    logits = model(input_ids=ids, **kwargs).logits
+    with model_lock(model):
+        logits = model(input_ids=ids, **kwargs).logits
     return argmax_ids(logits[:, -n_logits:, :])

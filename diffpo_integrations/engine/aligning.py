@@ -6,6 +6,7 @@ and the embedded server's ``POST /diffpo/align`` route, so both give the same an
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ DecodeMethod = Literal["auto", "greedy", "speculative", "jacobi"]
 class EngineAligner:
     """Aligns requests on one loaded model (a ``LoadedModel`` from :func:`load_model`).
 
-    Calls are serialised by a lock: one model instance runs one decode at a time on CPU, and
-    interleaving two would only slow both.
+    Calls are serialised by a lock: one model instance runs one decode at a time, and
+    interleaving two would only slow both. Inside a
+    :class:`~diffpo_integrations.engine.batching.BatchScheduler` (the embedded server) concurrent
+    calls run together instead, sharing every forward pass.
     """
 
     loaded: Any
@@ -98,6 +101,7 @@ class EngineAligner:
 
     def align(self, request: AlignRequest, on_token: Callable[[int], None] | None = None) -> AlignResult:
         """Align one resolved request (``keep_prefix_tokens`` and ``max_new_tokens`` set)."""
+        from diffpo_integrations.engine.batching import active_scheduler
         from diffpo_integrations.engine.decoding import decode
 
         prompt = self.prompt(request)
@@ -115,7 +119,10 @@ class EngineAligner:
             kwargs.update(block_size=self.block_size, max_iter=self.max_iter)
         if on_token is not None and self.method != "jacobi":
             kwargs["on_token"] = on_token
-        with self._lock:
+        # Inside a batch scheduler (the server) concurrent decodes are what it batches; alone, one
+        # decode at a time is fastest.
+        guard = contextlib.nullcontext() if active_scheduler(self.loaded.model) else self._lock
+        with guard:
             out = decode(self.loaded.model, prompt.ids, prompt.draft_ids, method=self.method, **kwargs)
         tokens = [t for t in out.tokens if t not in stops]
         generated = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)

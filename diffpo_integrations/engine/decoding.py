@@ -28,11 +28,11 @@ from ._core import (
     DecodeResult,
     Emitter,
     FinishReason,
-    KVSession,
     TokenCallback,
     check_decode_args,
     full_forward_argmax,
 )
+from .batching import open_session
 from .speculation import SpeculationConfig, speculative
 
 __all__ = [
@@ -79,14 +79,15 @@ def greedy(
     start = time.perf_counter()
     prompt = check_decode_args(input_ids, max_new_tokens)
     emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
-    session = KVSession(model)
+    passes = 0
     if not emitter.done:
-        with torch.inference_mode():
+        with open_session(model) as session, torch.inference_mode():
             token = session.feed(prompt, 1)[0]
             while not emitter.push(token):
                 token = session.feed([token], 1)[0]
+            passes = session.forward_passes
     return emitter.result(
-        forward_passes=session.forward_passes,
+        forward_passes=passes,
         accepted=0,
         prefill_tokens=len(prompt),
         elapsed_s=time.perf_counter() - start,

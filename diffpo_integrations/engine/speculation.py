@@ -33,11 +33,11 @@ import torch
 from ._core import (
     DecodeResult,
     Emitter,
-    KVSession,
     TokenCallback,
     check_decode_args,
     model_device,
 )
+from .batching import open_session
 
 __all__ = ["DraftCursor", "SpeculationConfig", "choose_chunk", "speculative"]
 
@@ -331,11 +331,10 @@ def speculative(
         return emitter.result(forward_passes=0, accepted=0, prefill_tokens=len(prompt), elapsed_s=0.0)
     cfg = config or SpeculationConfig.for_device(model_device(model))
     cursor = DraftCursor(draft_ids, cfg)
-    session = KVSession(model)
     accepted = 0
     feed = prompt
     first = True
-    with torch.inference_mode():
+    with open_session(model) as session, torch.inference_mode():
         while True:
             # The model's own token follows every chunk, so a chunk of remaining - 1 draft
             # tokens already fills the budget.

@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-concurrent-requests", type=int, default=None)
+    parser.add_argument("--max-batch-size", type=int, default=None, help="generations decoded together (default 8)")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads for the model")
     parser.add_argument("--max-waiting", type=int, default=None)
     parser.add_argument("--max-input-tokens", type=int, default=None)
     parser.add_argument("--max-total-tokens", type=int, default=None)

@@ -34,6 +34,10 @@ def load_runtime(config: ServerConfig) -> ModelRuntime:
     """Load ``config.model`` with the engine (slow: run it off the event loop)."""
     from diffpo_integrations.engine import load_model
 
+    if config.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     loaded = load_model(
         config.model,
         dtype=config.dtype,
@@ -149,6 +153,8 @@ def create_app(
         finally:
             # Graceful stop: refuse new work, cancel what is queued or running, join the model thread.
             await state.worker.stop()
+            if state.scheduler is not None:
+                await asyncio.to_thread(state.scheduler.close)
             app.state.diffpo = None
 
     app = FastAPI(

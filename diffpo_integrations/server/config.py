@@ -44,12 +44,17 @@ class ServerConfig(BaseModel):
     """Torch dtype name passed to the engine (``"float32"``, ``"bfloat16"``); engine default when ``None``."""
     device: str | None = None
     """Torch device passed to the engine; engine default when ``None``."""
+    num_threads: int | None = Field(default=None, ge=1)
+    """torch's intra-op threads for the model; torch's default (one per core) when ``None``. On a CPU
+    shared with other busy processes, fewer threads than cores can be several times faster."""
     trust_remote_code: bool = False
     """Passed to the engine's loader."""
     cache_dir: str | None = None
     """Passed to the engine's loader."""
     max_concurrent_requests: int = Field(default=8, ge=1)
     """Requests admitted to the model worker at once (generating, or next in line)."""
+    max_batch_size: int = Field(default=8, ge=1)
+    """Generations decoded together, sharing every forward pass (TGI's name); ``1`` runs them one at a time."""
     max_waiting: int = Field(default=120, ge=0)
     """Further requests allowed to wait; past ``max_concurrent_requests + max_waiting`` the server answers 429."""
     max_input_tokens: int | None = Field(default=None, ge=1)

@@ -217,6 +217,7 @@ def info_payload(state: ServerState) -> dict[str, Any]:
         "model_device_type": state.runtime.device_type,
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": state.config.max_concurrent_requests,
+        "max_batch_size": state.worker.concurrency,
         "max_best_of": 1,
         "max_stop_sequences": state.config.max_stop_sequences,
         "max_input_tokens": state.max_input_tokens,

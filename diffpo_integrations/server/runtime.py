@@ -182,7 +182,9 @@ class ModelRuntime:
         """``log p(ids[i] | ids[:i])`` for every ``i >= start`` (``None`` for position 0), in one pass."""
         import torch
 
-        with torch.inference_mode():
+        from diffpo_integrations.engine._core import model_lock
+
+        with torch.inference_mode(), model_lock(self.model):
             tensor = torch.tensor([list(ids)], dtype=torch.long, device=self._device())
             hidden = self._hidden_states(tensor)
             out: list[float | None] = [None] if start == 0 else []
@@ -243,7 +245,9 @@ class IncrementalScorer:
         """``log p(token_id | everything before)``; call once per generated token, in order."""
         import torch
 
-        with torch.inference_mode():
+        from diffpo_integrations.engine._core import model_lock
+
+        with torch.inference_mode(), model_lock(self._runtime.model):
             if self._pending:
                 tensor = torch.tensor([self._pending], dtype=torch.long, device=self._runtime._device())
                 self._logits = self._runtime.model(input_ids=tensor, **self._kwargs).logits[0, -1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -89,7 +90,13 @@ class ServerState:
         self.max_input_tokens, self.max_total_tokens, self.max_new_tokens_limit = config.resolved_limits(
             runtime.max_positions
         )
-        self.worker = ModelWorker(config.max_concurrent_requests + config.max_waiting)
+        self.scheduler = _scheduler(config, runtime)
+        """Batches concurrent generations; ``None`` when batching is off or the model cannot be batched."""
+        self.worker = ModelWorker(
+            config.max_concurrent_requests + config.max_waiting,
+            concurrency=self.scheduler.max_sessions if self.scheduler is not None else 1,
+            job_context=self._job_context,
+        )
         self.model_id = config.model_id or runtime.model_id
         self.started_at = time.time()
         self.aligner: Any = None
@@ -100,15 +107,28 @@ class ServerState:
                 "diffpo_queue_size": ("Requests waiting for the model.", lambda: self.worker.waiting),
                 "diffpo_running_requests": (
                     "Requests generating now.",
-                    lambda: 1 if self.worker.running is not None else 0,
+                    lambda: self.worker.running,
                 ),
                 "diffpo_admitted_requests": ("Requests admitted (running plus waiting).", lambda: self.worker.admitted),
+                "diffpo_batched_passes_total": (
+                    "Forward passes shared by the batched generations.",
+                    lambda: self.scheduler.passes if self.scheduler is not None else 0,
+                ),
+                "diffpo_largest_batch": (
+                    "Most generations that shared one forward pass.",
+                    lambda: self.scheduler.largest_batch if self.scheduler is not None else 0,
+                ),
                 "diffpo_cancelled_requests_total": (
                     "Generations stopped early because their client left or the server stopped.",
                     lambda: self.worker.cancelled,
                 ),
             }
         )
+
+    def _job_context(self) -> AbstractContextManager[None]:
+        from diffpo_integrations.engine.batching import use_scheduler
+
+        return use_scheduler(self.scheduler)
 
     # -- validation (TGI's rules and messages) ---------------------------------------------------
 
@@ -216,6 +236,16 @@ class ServerState:
         self.metrics.add("accepted_draft_tokens", result.accepted_draft_tokens)
         self.metrics.observe("diffpo_queue_duration_seconds", job.queue_time)
         self.metrics.observe("diffpo_inference_duration_seconds", job.run_time)
+
+
+def _scheduler(config: ServerConfig, runtime: ModelRuntime) -> Any:
+    if config.max_batch_size <= 1:
+        return None
+    from diffpo_integrations.engine.batching import BatchScheduler, supports_batching
+
+    if not supports_batching(runtime.model):
+        return None
+    return BatchScheduler(runtime.model, max_sessions=config.max_batch_size)
 
 
 def new_timer(state: ServerState) -> RequestTimer:

@@ -1,11 +1,14 @@
-"""One model thread fed by a bounded queue.
+"""Model worker threads fed by a bounded queue.
 
-torch on a CPU gains nothing from running two generations in two threads (they fight for the
-same cores and the GIL), so every model call goes through one worker thread. The queue is
-bounded: :meth:`ModelWorker.submit` refuses at once when ``capacity`` jobs are admitted, and the
-route answers 429 instead of letting requests pile up.
+Generations run on ``concurrency`` worker threads. Their forward passes meet in the engine's
+:class:`~diffpo_integrations.engine.batching.BatchScheduler`, which runs them as one batched
+pass, so throughput rises with concurrency; everything else that touches the model takes the
+model's lock, since two passes at once on one CPU only fight for the same cores. With
+``concurrency=1`` jobs run strictly one at a time. The queue is bounded:
+:meth:`ModelWorker.submit` refuses at once when ``capacity`` jobs are admitted, and the route
+answers 429 instead of letting requests pile up.
 
-A job is a plain function run on the worker thread with a :class:`JobContext`; it reports
+A job is a plain function run on a worker thread with a :class:`JobContext`; it reports
 progress with :meth:`JobContext.emit` (delivered to the event loop in order) and calls
 :meth:`JobContext.check` between tokens, which raises :class:`Cancelled` once the request was
 cancelled (client gone, server shutting down).
@@ -20,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Cancelled", "Job", "JobContext", "ModelWorker", "QueueFull"]
@@ -124,23 +128,41 @@ class Job(Generic[T]):
 
 
 class ModelWorker:
-    """Runs jobs one at a time on a dedicated thread.
+    """Runs admitted jobs on ``concurrency`` dedicated threads.
 
     Args:
         capacity: jobs admitted at once (running plus waiting); past it :meth:`submit` raises
             :class:`QueueFull`.
-        name: thread name, for debugging.
+        name: thread name prefix, for debugging.
+        concurrency: jobs running at once (their model passes are batched by the scheduler
+            that ``job_context`` installs).
+        job_context: entered around every job on its worker thread (installs the batch
+            scheduler); ``None`` for none.
     """
 
-    def __init__(self, capacity: int, name: str = "diffpo-model") -> None:
+    def __init__(
+        self,
+        capacity: int,
+        name: str = "diffpo-model",
+        *,
+        concurrency: int = 1,
+        job_context: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            msg = f"concurrency must be >= 1, got {concurrency}"
+            raise ValueError(msg)
         self.capacity = capacity
+        self.concurrency = concurrency
+        self._job_context = job_context
         self._queue: queue.Queue[Job[Any] | None] = queue.Queue()
         self._admitted = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(concurrency)
+        ]
         self._started = False
         self._closing = False
-        self.running: Job[Any] | None = None
+        self._running: set[Job[Any]] = set()
         self.cancelled = 0
         """Jobs that ended by cancellation (before or while running)."""
         self._pending: set[Job[Any]] = set()
@@ -151,23 +173,29 @@ class ModelWorker:
         return self._admitted
 
     @property
+    def running(self) -> int:
+        """Jobs running now."""
+        return len(self._running)
+
+    @property
     def waiting(self) -> int:
         """Jobs admitted but not started."""
-        return max(0, self._admitted - (1 if self.running is not None else 0))
+        return max(0, self._admitted - len(self._running))
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread is running and accepting jobs."""
-        return self._started and self._thread.is_alive() and not self._closing
+        """Whether the worker threads are running and accepting jobs."""
+        return self._started and all(t.is_alive() for t in self._threads) and not self._closing
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
+        """Start the worker threads (idempotent)."""
         if not self._started:
             self._started = True
-            self._thread.start()
+            for thread in self._threads:
+                thread.start()
 
     def submit(self, fn: Callable[[JobContext], T]) -> Job[T]:
-        """Admit ``fn`` to run on the worker thread; must be called from the event loop.
+        """Admit ``fn`` to run on a worker thread; must be called from the event loop.
 
         Raises:
             QueueFull: ``capacity`` jobs are already admitted, or the worker is shutting down.
@@ -182,31 +210,39 @@ class ModelWorker:
         return job
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Refuse new jobs, cancel the admitted ones, and join the thread."""
+        """Refuse new jobs, cancel the admitted ones, and join the threads."""
         with self._lock:
             self._closing = True
             pending = list(self._pending)
         for job in pending:
             job.cancel()
-        self._queue.put(None)
+        for _ in self._threads:
+            self._queue.put(None)
         if self._started:
-            await asyncio.to_thread(self._thread.join, timeout)
+            for thread in self._threads:
+                await asyncio.to_thread(thread.join, timeout)
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
-            self.running = job
+            with self._lock:
+                self._running.add(job)
             job.started_at = time.perf_counter()
             try:
                 if job.cancel_event.is_set():
                     raise Cancelled("request cancelled before it ran")
-                value = job.fn(JobContext(job))
+                if self._job_context is None:
+                    value = job.fn(JobContext(job))
+                else:
+                    with self._job_context():
+                        value = job.fn(JobContext(job))
             except BaseException as exc:  # every failure goes back to the awaiting request
                 job.finished_at = time.perf_counter()
                 if isinstance(exc, Cancelled):
-                    self.cancelled += 1
+                    with self._lock:
+                        self.cancelled += 1
                 else:
                     _log.exception("model job failed")
                 job._finish(error=exc)
@@ -214,7 +250,7 @@ class ModelWorker:
                 job.finished_at = time.perf_counter()
                 job._finish(value)
             finally:
-                self.running = None
                 with self._lock:
+                    self._running.discard(job)
                     self._admitted -= 1
                     self._pending.discard(job)

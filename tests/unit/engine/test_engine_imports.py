@@ -8,7 +8,7 @@ import pytest
 
 import diffpo_integrations.engine as engine
 
-MODULES = ("_core", "decoding", "loading", "speculation", "testing")
+MODULES = ("_core", "aligning", "batching", "decoding", "loading", "speculation", "testing")
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -21,6 +21,7 @@ def test_module_all_resolves(name: str) -> None:
 
 def test_package_exports() -> None:
     assert sorted(engine.__all__) == [
+        "BatchScheduler",
         "DecodeMethod",
         "DecodeResult",
         "FinishReason",
@@ -34,7 +35,9 @@ def test_package_exports() -> None:
         "reference_jacobi",
         "smollm2_gguf_path",
         "speculative",
+        "supports_batching",
         "tiny_random_model",
+        "use_scheduler",
     ]
     for attr in engine.__all__:
         assert hasattr(engine, attr), attr
