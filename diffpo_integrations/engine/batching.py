@@ -26,9 +26,11 @@ does between a one-token step and a multi-token pass.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,15 @@ _COMPACT_MIN_DEAD = 512
 """Dead tokens tolerated before a compaction (which copies the whole cache)."""
 
 _current = threading.local()
+_schedulers: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_model_threads() -> None:
+    # The model thread is a daemon (a stuck request must not block exit), but one killed in the
+    # middle of a torch call aborts the interpreter: let idle or finishing ones end first.
+    for scheduler in list(_schedulers):
+        scheduler.close(timeout=5.0)
 
 
 def supports_batching(model: Any) -> bool:
@@ -82,25 +93,26 @@ class _Feed:
 class BatchScheduler:
     """Runs the forward passes of every session opened on it as one packed pass.
 
-    Args:
-        model: A causal LM in eval mode (see :func:`supports_batching`).
-        max_sessions: Sessions admitted at once; :meth:`session` blocks past it.
+        Args:
+            model: A causal LM in eval mode (see :func:`supports_batching`).
+            max_sessions: Sessions admitted at once; :meth:`session` blocks past it.
 
-    Example:
-        >>> import threading
-        >>> from diffpo_integrations.engine import greedy
-        >>> from diffpo_integrations.engine.testing import tiny_random_model
-        >>> model = tiny_random_model("llama")
-        >>> scheduler = BatchScheduler(model)
-        >>> out = {}
-        >>> def run(i):
-        ...     with use_scheduler(scheduler):
-        ...         out[i] = greedy(model, [1, 2, 3 + i], max_new_tokens=5, stop_token_ids=[]).tokens
-        >>> threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-        >>> for t in threads: t.start()
-        >>> for t in threads: t.join()
-        >>> out[2] == greedy(model, [1, 2, 5], max_new_tokens=5, stop_token_ids=[]).tokens
-        True
+        Example:
+            >>> import threading
+    import weakref
+            >>> from diffpo_integrations.engine import greedy
+            >>> from diffpo_integrations.engine.testing import tiny_random_model
+            >>> model = tiny_random_model("llama")
+            >>> scheduler = BatchScheduler(model)
+            >>> out = {}
+            >>> def run(i):
+            ...     with use_scheduler(scheduler):
+            ...         out[i] = greedy(model, [1, 2, 3 + i], max_new_tokens=5, stop_token_ids=[]).tokens
+            >>> threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+            >>> for t in threads: t.start()
+            >>> for t in threads: t.join()
+            >>> out[2] == greedy(model, [1, 2, 5], max_new_tokens=5, stop_token_ids=[]).tokens
+            True
     """
 
     def __init__(self, model: Any, max_sessions: int = 8) -> None:
@@ -131,6 +143,7 @@ class BatchScheduler:
         """Most sessions that shared one pass."""
         with torch.inference_mode():
             self._reset_cache()
+        _schedulers.add(self)
 
     def _reset_cache(self) -> None:
         from transformers import DynamicCache
@@ -167,10 +180,9 @@ class BatchScheduler:
             self._slots.release()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the model thread once the sessions in flight are done with it (idempotent)."""
+        """Refuse new sessions and wait for the model thread to finish the ones in flight (idempotent)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -192,29 +204,25 @@ class BatchScheduler:
 
     def _loop(self) -> None:
         # Every tensor of the packed cache is made and freed on this one thread: worker threads
-        # touching torch would each grow their own allocator arena and thread pool.
+        # touching torch would each grow their own allocator arena and thread pool. The thread
+        # ends whenever no session is left (so none outlives its work, e.g. at interpreter exit);
+        # the next session starts another.
         with torch.inference_mode():
             while True:
                 with self._cond:
                     # A pass runs once every active session is waiting on it.
                     while not (self._pending and len(self._pending) >= len(self._active)):
-                        if self._closed and not self._active:
-                            break
-                        if self._stopping and not self._active:
+                        if not self._active:
+                            self._closed = []
+                            self._reset_cache()  # nobody left: free the memory at once
+                            self._thread = None
                             return
                         self._cond.wait()
                     batch, self._pending = self._pending, []
                     closed, self._closed = self._closed, []
-                    idle = not self._active
-                self._drop(closed, idle)
-                if batch:
-                    self._run(batch)
-
-    def _drop(self, closed: list[int], idle: bool) -> None:
-        if idle:
-            self._reset_cache()  # nobody left: free the memory at once
-        elif closed:
-            self._live = self._live & ~torch.isin(self._owner, torch.tensor(closed, device=self.device))
+                if closed:
+                    self._live = self._live & ~torch.isin(self._owner, torch.tensor(closed, device=self.device))
+                self._run(batch)
 
     def _run(self, batch: list[_Feed]) -> None:
         try:

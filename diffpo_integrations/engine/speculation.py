@@ -37,7 +37,7 @@ from ._core import (
     check_decode_args,
     model_device,
 )
-from .batching import open_session
+from .batching import BatchSession, open_session
 
 __all__ = ["DraftCursor", "SpeculationConfig", "choose_chunk", "speculative"]
 
@@ -95,6 +95,24 @@ class SpeculationConfig:
         if torch.device(device).type in ("cuda", "xpu", "mps"):
             return cls(verify_base_cost=1.05, verify_token_cost=0.004)
         return cls()
+
+    @classmethod
+    def for_batch(cls, device: torch.device | str) -> SpeculationConfig:
+        """Defaults for a sequence that shares its passes with others (the server's batches).
+
+        In a batch the pass runs anyway, so speculating adds no fixed cost; but every verified
+        token is real compute shared by the whole batch (on CPU about a tenth of a pass per
+        token with eight sequences), so chunks stay short unless the draft keeps being right.
+
+        Args:
+            device: Where the model runs.
+
+        Returns:
+            The batched cost model for that device type.
+        """
+        if torch.device(device).type in ("cuda", "xpu", "mps"):
+            return cls(verify_base_cost=1.0, verify_token_cost=0.01, initial_chunk=16)
+        return cls(verify_base_cost=1.0, verify_token_cost=0.1, initial_chunk=4)
 
 
 def _verify_cost(chunk: int, config: SpeculationConfig) -> float:
@@ -311,7 +329,8 @@ def speculative(
         stop_token_ids: Token ids that end decoding (kept in the output).
         chunk_size: Fixed number of draft tokens to verify per pass; ``None`` adapts it to
             the measured acceptance rate with ``config``'s cost model.
-        config: Cost model and estimator; defaults to :meth:`SpeculationConfig.for_device`.
+        config: Cost model and estimator; defaults to :meth:`SpeculationConfig.for_device`, or
+            :meth:`SpeculationConfig.for_batch` inside a batch scheduler.
         on_token: Streaming hook called with each accepted token in order.
 
     Returns:
@@ -329,12 +348,17 @@ def speculative(
     emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
     if emitter.done:
         return emitter.result(forward_passes=0, accepted=0, prefill_tokens=len(prompt), elapsed_s=0.0)
-    cfg = config or SpeculationConfig.for_device(model_device(model))
-    cursor = DraftCursor(draft_ids, cfg)
     accepted = 0
     feed = prompt
     first = True
     with open_session(model) as session, torch.inference_mode():
+        if config is not None:
+            cfg = config
+        elif isinstance(session, BatchSession):
+            cfg = SpeculationConfig.for_batch(session.device)
+        else:
+            cfg = SpeculationConfig.for_device(model_device(model))
+        cursor = DraftCursor(draft_ids, cfg)
         while True:
             # The model's own token follows every chunk, so a chunk of remaining - 1 draft
             # tokens already fills the budget.

@@ -16,6 +16,7 @@ from diffpo_integrations.engine import (
     BatchScheduler,
     DecodeResult,
     LoadedModel,
+    SpeculationConfig,
     batching,
     greedy,
     speculative,
@@ -260,3 +261,28 @@ def test_smollm2_batched_answers_equal_solo_answers(smollm2: LoadedModel) -> Non
     results = _run_threads(scheduler, [lambda i=i: run(i) for i in range(4)])
     assert [results[i] for i in range(4)] == expected
     assert scheduler.largest_batch == 4
+
+
+def test_batched_speculation_uses_the_batch_cost_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In a batch every verified token is shared compute: the first pass verifies 4 draft tokens
+    # (SpeculationConfig.for_batch), not the 32 a sequence alone verifies inside its prefill.
+    model = tiny("llama", 3)
+    prompt = [1, 2, 3]
+    answer = greedy(model, prompt, max_new_tokens=40, stop_token_ids=[]).tokens
+    scheduler = BatchScheduler(model, max_sessions=1)
+    fed: list[int] = []
+    real_forward = scheduler._forward
+
+    def recording(batch: Any) -> Any:
+        fed.extend(len(request.tokens) for request in batch)
+        return real_forward(batch)
+
+    monkeypatch.setattr(scheduler, "_forward", recording)
+    results = _run_threads(
+        scheduler, [lambda: speculative(model, prompt, answer, max_new_tokens=40, stop_token_ids=[]).tokens]
+    )
+    assert results[0] == answer
+    assert fed[0] == len(prompt) + SpeculationConfig.for_batch("cpu").initial_chunk == 7
+    alone = speculative(model, prompt, answer, max_new_tokens=40, stop_token_ids=[])
+    assert alone.tokens == answer
+    assert alone.forward_passes < len(fed)  # alone it verifies more per pass
