@@ -183,6 +183,7 @@ class BatchScheduler:
         """Refuse new sessions and wait for the model thread to finish the ones in flight (idempotent)."""
         with self._cond:
             self._stopping = True
+            self._cond.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -203,20 +204,21 @@ class BatchScheduler:
     # -- the model thread -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        # Every tensor of the packed cache is made and freed on this one thread: worker threads
-        # touching torch would each grow their own allocator arena and thread pool. The thread
-        # ends whenever no session is left (so none outlives its work, e.g. at interpreter exit);
-        # the next session starts another.
+        # Every tensor of the packed cache is made and freed on this one long-lived thread:
+        # worker threads touching torch would each grow their own allocator arena and thread
+        # pool. It ends after close() once no session is left.
         with torch.inference_mode():
             while True:
                 with self._cond:
                     # A pass runs once every active session is waiting on it.
                     while not (self._pending and len(self._pending) >= len(self._active)):
                         if not self._active:
-                            self._closed = []
-                            self._reset_cache()  # nobody left: free the memory at once
-                            self._thread = None
-                            return
+                            if self._closed or self.cached_tokens:
+                                self._closed = []
+                                self._reset_cache()  # nobody left: free the memory at once
+                            if self._stopping:
+                                self._thread = None
+                                return
                         self._cond.wait()
                     batch, self._pending = self._pending, []
                     closed, self._closed = self._closed, []
