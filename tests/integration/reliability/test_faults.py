@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MESSAGES = [("user", "Name three prime numbers and say why they are prime.")]
 DRAFT = "2, 3 and 5 are prime numbers: each has exactly two divisors, one and itself."
 BATCH = 12
+BATCH_NEW_TOKENS = 120
 LIMIT_S = 240.0
 """Hang guard only."""
 
@@ -70,7 +71,9 @@ async def test_kill_mid_stream_then_mid_batch_then_restart(replicas: tuple[Repli
     await asyncio.sleep(0.6)  # past the cool-down
     assert (await pool.acheck_health())[a.url]
     assert pool.stats()[a.url].state == "closed"
-    batch = [asyncio.ensure_future(pool.aalign(MESSAGES, DRAFT)) for _ in range(BATCH)]
+    # Long enough that A's share (decoded together, in one batch) is still running when A's 5 s
+    # graceful stop runs out, so those requests really are cut off mid-generation.
+    batch = [asyncio.ensure_future(pool.aalign(MESSAGES, DRAFT, max_new_tokens=BATCH_NEW_TOKENS)) for _ in range(BATCH)]
     await asyncio.sleep(0.3)
     await asyncio.wait_for(asyncio.to_thread(a.stop), LIMIT_S)
     results = await asyncio.wait_for(asyncio.gather(*batch), LIMIT_S)
@@ -79,6 +82,7 @@ async def test_kill_mid_stream_then_mid_batch_then_restart(replicas: tuple[Repli
     assert len(results) == BATCH
     assert all(r.aligned or (r.text == DRAFT and r.error) for r in results)
     assert served[b.url] > 0
+    assert pool.stats()[a.url].failures >= 1  # A's in-flight requests failed, and were served elsewhere
 
     # 3. Restart A on the same port: a health probe brings it back, and it serves again.
     a.start()
