@@ -38,12 +38,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from diffpo_integrations.data import MT_BENCH_ANSWERS, mt_bench_answers_path, mt_bench_questions_path
 from diffpo_integrations.engine import LoadedModel, greedy, load_model, reference_jacobi, speculative
 from diffpo_integrations.engine._core import full_forward_argmax
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MT_BENCH = REPO_ROOT.parent / "shared" / "data" / "mt-bench"
-SOURCES = ("llama-3-it-vanilla", "mistral-it-vanilla")
+SOURCES = MT_BENCH_ANSWERS
 KINDS = ("foreign", "self", "self10")
 METHODS = ("greedy", "speculative", "limit", "jacobi")
 
@@ -117,8 +116,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, stop = loaded.model, loaded.eos_token_ids
     special = set(loaded.tokenizer.all_special_ids)
     vocab = [i for i in range(len(loaded.tokenizer)) if i not in special]
-    questions = read_jsonl(MT_BENCH / "question.jsonl")[: args.questions]
-    answers = {src: {r["question_id"]: r for r in read_jsonl(MT_BENCH / f"{src}.jsonl")} for src in SOURCES}
+    # The MT-bench questions and base-model answers that ship inside the package.
+    questions = read_jsonl(mt_bench_questions_path())[: args.questions]
+    answers = {src: {r["question_id"]: r for r in read_jsonl(mt_bench_answers_path(src))} for src in SOURCES}
     n = args.max_new_tokens
     greedy(model, [1, 2, 3], max_new_tokens=4, stop_token_ids=stop)  # warm-up: lazy init, allocator
 
