@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from reliability_helpers import MT_BENCH, make_app
+from reliability_helpers import make_app
 
+from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
 from diffpo_integrations.server.testing import get_default_engine, serve_in_thread
 
 
@@ -27,9 +28,9 @@ def server(loaded: Any) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def mt_bench() -> tuple[str, str]:
     """The first MT-bench question (``turns[0]``) and Llama-3-8B-Instruct's answer to it, the draft."""
-    with (MT_BENCH / "question.jsonl").open() as f:
+    with mt_bench_questions_path().open() as f:
         question = json.loads(f.readline())
-    with (MT_BENCH / "llama-3-it-vanilla.jsonl").open() as f:
+    with mt_bench_answers_path("llama-3-it-vanilla").open() as f:
         for line in f:
             answer = json.loads(line)
             if answer["question_id"] == question["question_id"]:

@@ -19,7 +19,6 @@ import httpx
 from diffpo_integrations.server import ServerConfig, create_app
 from diffpo_integrations.server.testing import get_default_engine, serve_in_thread
 
-MT_BENCH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mt-bench"
 NEW_TOKENS = 4
 """SmolLM2 makes ~30-50 tokens/s on 2 cores: a few tokens keep hundreds of requests within minutes."""
 

@@ -15,10 +15,11 @@ import os
 import time
 
 import pytest
-from reliability_helpers import MT_BENCH, metric
+from reliability_helpers import metric
 
 from diffpo_integrations.backends import TGIAligner
 from diffpo_integrations.core import AlignResult
+from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,9 +29,9 @@ LIMIT_S = 600.0
 
 
 def _mt_bench_pairs(count: int) -> list[tuple[str, str]]:
-    with (MT_BENCH / "question.jsonl").open() as f:
+    with mt_bench_questions_path().open() as f:
         questions = {q["question_id"]: q["turns"][0] for q in map(json.loads, f)}
-    with (MT_BENCH / "llama-3-it-vanilla.jsonl").open() as f:
+    with mt_bench_answers_path("llama-3-it-vanilla").open() as f:
         answers = [json.loads(line) for line in f][:count]
     return [(questions[a["question_id"]], a["choices"][0]["turns"][0]) for a in answers]
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
 from diffpo_integrations.server.testing import get_default_engine, serve_in_thread, shared_app
 
-MT_BENCH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mt-bench"
 NEW_TOKENS = 40
 
 
@@ -40,13 +39,13 @@ def base_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def mt_question() -> dict[str, Any]:
-    with (MT_BENCH / "question.jsonl").open() as f:
+    with mt_bench_questions_path().open() as f:
         return dict(json.loads(f.readline()))
 
 
 @pytest.fixture(scope="session")
 def mt_draft(mt_question: dict[str, Any]) -> str:
-    with (MT_BENCH / "llama-3-it-vanilla.jsonl").open() as f:
+    with mt_bench_answers_path("llama-3-it-vanilla").open() as f:
         for line in f:
             answer = json.loads(line)
             if answer["question_id"] == mt_question["question_id"]:

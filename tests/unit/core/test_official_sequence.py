@@ -10,7 +10,6 @@ The expected ids are computed here with the tokenizer itself, following ``gen_Di
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +25,7 @@ from diffpo_integrations.core import (
 )
 from diffpo_integrations.core.prompt import hf_token_spans
 from diffpo_integrations.core.types import PromptMode
-
-MT_BENCH = Path("/work/shared/data/mt-bench")
+from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
 
 SINGLE = [{"role": "user", "content": "What is the capital of France? Answer in two sentences."}]
 MULTI = [
@@ -194,11 +192,11 @@ def test_clean_mode_has_one_bos_full_prompt_and_r_draft_tokens(
 
 def _mt_bench(question_ids: list[int]) -> list[tuple[list[dict[str, str]], str]]:
     questions = {}
-    for line in (MT_BENCH / "question.jsonl").read_text().splitlines():
+    for line in mt_bench_questions_path().read_text().splitlines():
         q = json.loads(line)
         questions[q["question_id"]] = q
     cases = []
-    for line in (MT_BENCH / "llama-3-it-vanilla.jsonl").read_text().splitlines():
+    for line in mt_bench_answers_path("llama-3-it-vanilla").read_text().splitlines():
         answer = json.loads(line)
         if answer["question_id"] in question_ids:
             turns = [{"role": "user", "content": questions[answer["question_id"]]["turns"][0]}]

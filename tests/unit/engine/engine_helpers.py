@@ -8,9 +8,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
 from diffpo_integrations.engine import tiny_random_model
 
-SHARED_MT_BENCH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mt-bench"
 """MT-bench questions and two base models' answers (FastChat format), read-only project data."""
 
 
@@ -44,9 +44,9 @@ def mt_bench_cases(
     The draft is tokenised in context (the templated conversation with the answer as the
     assistant turn); the prompt is the generation prompt plus its first ``keep`` tokens.
     """
-    questions = {q["question_id"]: q["turns"][0] for q in _read_jsonl(SHARED_MT_BENCH / "question.jsonl")}
+    questions = {q["question_id"]: q["turns"][0] for q in _read_jsonl(mt_bench_questions_path())}
     cases = []
-    for record in _read_jsonl(SHARED_MT_BENCH / f"{source}.jsonl")[:count]:
+    for record in _read_jsonl(mt_bench_answers_path(source))[:count]:
         user = [{"role": "user", "content": questions[record["question_id"]]}]
         answer = {"role": "assistant", "content": record["choices"][0]["turns"][0]}
         generation = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
