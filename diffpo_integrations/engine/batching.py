@@ -80,11 +80,13 @@ def supports_batching(model: Any) -> bool:
     return kinds <= {"full_attention", "sliding_attention"} and config.model_type in {"gemma2", "gemma3_text"}
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: each is one session's pending pass
 class _Feed:
     session: BatchSession
     tokens: list[int]
     n_logits: int
+    fed: int = 0
+    """Tokens already in the cache (a long feed is split over several passes)."""
     done: bool = False
     result: list[int] = field(default_factory=list)
     error: BaseException | None = None
@@ -96,6 +98,9 @@ class BatchScheduler:
         Args:
             model: A causal LM in eval mode (see :func:`supports_batching`).
             max_sessions: Sessions admitted at once; :meth:`session` blocks past it.
+        max_step_tokens: Most tokens one sequence feeds into one pass. A longer prefill is split
+            over several passes, so the mask (tokens fed times tokens cached) and the attention
+            scores stay bounded while the others keep decoding.
 
         Example:
             >>> import threading
@@ -115,12 +120,16 @@ class BatchScheduler:
             True
     """
 
-    def __init__(self, model: Any, max_sessions: int = 8) -> None:
+    def __init__(self, model: Any, max_sessions: int = 8, max_step_tokens: int = 512) -> None:
         if not supports_batching(model):
             msg = f"{type(model).__name__} cannot be batched: its attention layout needs the single-sequence path"
             raise ValueError(msg)
+        if max_step_tokens < 1:
+            msg = f"max_step_tokens must be >= 1, got {max_step_tokens}"
+            raise ValueError(msg)
         self.model = model
         self.max_sessions = max_sessions
+        self.max_step_tokens = max_step_tokens
         self.device = model_device(model)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -234,18 +243,20 @@ class BatchScheduler:
                     self._rollback(session.id, session.pending_rollback)
                     session.pending_rollback = 0
             with model_lock(self.model):
-                results = self._forward(batch)
-            for request, result in zip(batch, results, strict=True):
-                request.result = result
+                finished = self._forward(batch)
         except BaseException as exc:
             # A failed pass may have updated some layers and not others: the cache is unusable,
             # and every active session was in this pass, so all of them get the error.
             self._reset_cache()
             for request in batch:
                 request.error = exc
+            finished = batch
         with self._cond:
             for request in batch:
-                request.done = True
+                if request in finished:
+                    request.done = True
+                else:  # the rest of a split feed goes into the next pass
+                    self._pending.append(request)
             self.passes += 1
             self.largest_batch = max(self.largest_batch, len(batch))
             self._cond.notify_all()
@@ -254,25 +265,34 @@ class BatchScheduler:
         mine = torch.nonzero(self._live & (self._owner == owner)).flatten()
         self._live[mine[len(mine) - n_tokens :]] = False
 
-    def _forward(self, batch: Sequence[_Feed]) -> list[list[int]]:
+    def _forward(self, batch: Sequence[_Feed]) -> list[_Feed]:
+        """Run one pass; fill ``result`` of the requests whose tokens are all fed, and return those."""
         self._maybe_compact()
         ids: list[int] = []
         owners: list[int] = []
         positions: list[int] = []
         keep: list[int] = []
+        pieces: list[tuple[_Feed, int, bool]] = []
         for request in batch:
+            end = self._piece_end(request)
+            piece = request.tokens[request.fed : end]
+            last = end == len(request.tokens)
             start = request.session.length
-            ids.extend(request.tokens)
-            owners.extend([request.session.id] * len(request.tokens))
-            positions.extend(range(start, start + len(request.tokens)))
-            keep.extend(range(len(ids) - request.n_logits, len(ids)))
+            ids.extend(piece)
+            owners.extend([request.session.id] * len(piece))
+            positions.extend(range(start, start + len(piece)))
+            if last:
+                keep.extend(range(len(ids) - request.n_logits, len(ids)))
+            pieces.append((request, len(piece), last))
         device = self.device
         q_owner = torch.tensor(owners, dtype=torch.long, device=device)
         q_pos = torch.tensor(positions, dtype=torch.long, device=device)
         self._owner = torch.cat([self._owner, q_owner])
         self._pos = torch.cat([self._pos, q_pos])
         self._live = torch.cat([self._live, torch.ones(len(ids), dtype=torch.bool, device=device)])
-        keep_idx = torch.tensor(keep, dtype=torch.long, device=device)
+        # A pass that only carries pieces of split prefills still projects one position: the
+        # models take an index tensor, not an empty one.
+        keep_idx = torch.tensor(keep or [len(ids) - 1], dtype=torch.long, device=device)
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long, device=device),
             "position_ids": q_pos.unsqueeze(0),
@@ -286,14 +306,25 @@ class BatchScheduler:
         else:  # pragma: no cover - every causal LM in transformers 5 takes logits_to_keep
             logits = self.model(**kwargs).logits[:, keep_idx, :]
         preds = argmax_ids(logits)
-        out: list[list[int]] = []
+        finished: list[_Feed] = []
         offset = 0
-        for request in batch:
-            out.append(preds[offset : offset + request.n_logits])
-            offset += request.n_logits
-            request.session.length += len(request.tokens)
+        for request, size, last in pieces:
+            request.fed += size
+            request.session.length += size
             request.session.forward_passes += 1
-        return out
+            if last:
+                request.result = preds[offset : offset + request.n_logits]
+                offset += request.n_logits
+                finished.append(request)
+        return finished
+
+    def _piece_end(self, request: _Feed) -> int:
+        total = len(request.tokens)
+        end = min(total, request.fed + self.max_step_tokens)
+        if end < total and total - end < request.n_logits:
+            # The positions that need predictions must all be in the last piece.
+            end = total - request.n_logits if total - request.n_logits > request.fed else total
+        return end
 
     def _masks(self, q_owner: torch.Tensor, q_pos: torch.Tensor) -> Any:
         allowed = (

@@ -286,3 +286,43 @@ def test_batched_speculation_uses_the_batch_cost_model(monkeypatch: pytest.Monke
     alone = speculative(model, prompt, answer, max_new_tokens=40, stop_token_ids=[])
     assert alone.tokens == answer
     assert alone.forward_passes < len(fed)  # alone it verifies more per pass
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_long_feeds_are_split_over_passes_without_changing_answers(arch: str) -> None:
+    # Prompts of up to 23 tokens fed 3 tokens per pass at most; only the positions that need
+    # predictions (a verify chunk) may come in a wider last piece, all together.
+    model = tiny(arch, 3)
+    cases = _cases(model, seed=5, count=10)
+    scheduler = BatchScheduler(model, max_sessions=5, max_step_tokens=3)
+    split_pieces = 0
+    real_forward = scheduler._forward
+
+    def recording(batch: Any) -> Any:
+        nonlocal split_pieces
+        for request in batch:
+            end = scheduler._piece_end(request)
+            assert end - request.fed <= max(3, request.n_logits)
+            split_pieces += end < len(request.tokens)
+        return real_forward(batch)
+
+    scheduler._forward = recording  # type: ignore[method-assign]
+    results = _run_threads(scheduler, [lambda c=c: _decode(model, c) for c in cases])
+    for i, case in enumerate(cases):
+        assert results[i].tokens == case.expected, f"case {i}"
+    assert split_pieces > len(cases)
+
+
+def test_piece_boundaries_keep_the_predicted_positions_together() -> None:
+    scheduler = BatchScheduler(tiny("llama", 3), max_step_tokens=4)
+    session = batching.BatchSession(scheduler, 1)
+    feed = batching._Feed(session, list(range(10)), n_logits=3)
+    assert scheduler._piece_end(feed) == 4
+    feed.fed = 4
+    assert scheduler._piece_end(feed) == 7  # 8 would leave the last piece 2 tokens for 3 predictions
+    feed.fed = 7
+    assert scheduler._piece_end(feed) == 10
+    wide = batching._Feed(session, list(range(10)), n_logits=9, fed=2)
+    assert scheduler._piece_end(wide) == 10  # fewer tokens left than predictions needed: all at once
+    with pytest.raises(ValueError, match="max_step_tokens must be >= 1, got 0"):
+        BatchScheduler(tiny("llama", 3), max_step_tokens=0)
