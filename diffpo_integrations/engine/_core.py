@@ -20,12 +20,14 @@ __all__ = [
     "FinishReason",
     "TokenCallback",
     "argmax_ids",
+    "cache_keyword",
     "check_decode_args",
     "Emitter",
     "KVSession",
     "full_forward_argmax",
     "model_device",
     "model_lock",
+    "takes_logits_to_keep",
 ]
 
 FinishReason = Literal["eos_token", "length"]
@@ -214,6 +216,32 @@ def _forward_parameters(model: Any) -> Collection[str]:
     return inspect.signature(model.forward).parameters.keys()
 
 
+def cache_keyword(model: Any) -> str:
+    """The name of ``model.forward``'s KV-cache argument.
+
+    transformers 5 calls it ``cache``; earlier releases ``past_key_values``.
+
+    Args:
+        model: A causal LM.
+
+    Returns:
+        ``"cache"`` or ``"past_key_values"``.
+    """
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether ``model.forward`` can project only some positions on the vocabulary.
+
+    Args:
+        model: A causal LM.
+
+    Returns:
+        True when it takes ``logits_to_keep``.
+    """
+    return "logits_to_keep" in _forward_parameters(model)
+
+
 class KVSession:
     """One sequence's KV cache with counted forward passes and rollback.
 
@@ -229,9 +257,8 @@ class KVSession:
 
         self.model = model
         self.device = model_device(model)
-        params = _forward_parameters(model)
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        self._cache_kw = cache_keyword(model)
+        self._keep_kw = "logits_to_keep" if takes_logits_to_keep(model) else None
         try:
             # With the config the cache mirrors the model's sliding/full layer layout; sliding
             # layers can only be rolled back past their window when they record the past.
@@ -289,7 +316,7 @@ def full_forward_argmax(model: Any, tokens: Sequence[int], n_logits: int) -> lis
     """
     ids = torch.tensor([list(tokens)], dtype=torch.long, device=model_device(model))
     kwargs: dict[str, Any] = {"use_cache": False}
-    if "logits_to_keep" in _forward_parameters(model):
+    if takes_logits_to_keep(model):
         kwargs["logits_to_keep"] = n_logits
     with model_lock(model):
         logits = model(input_ids=ids, **kwargs).logits

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ._core import KVSession, argmax_ids, model_device, model_lock
+from ._core import KVSession, argmax_ids, cache_keyword, model_device, model_lock, takes_logits_to_keep
 
 __all__ = [
     "BatchScheduler",
@@ -131,9 +131,8 @@ class BatchScheduler:
         self.max_sessions = max_sessions
         self.max_step_tokens = max_step_tokens
         self.device = model_device(model)
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep_logits = "logits_to_keep" in params
+        self._cache_kw = cache_keyword(model)
+        self._keep_logits = takes_logits_to_keep(model)
         config = model.config
         layer_types = list(getattr(config, "layer_types", None) or [])
         self._mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None

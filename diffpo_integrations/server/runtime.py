@@ -6,7 +6,6 @@ tokenizer-only helpers are safe to call from any thread.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -228,14 +227,11 @@ class IncrementalScorer:
     def __init__(self, runtime: ModelRuntime, prompt_ids: Sequence[int]) -> None:
         from transformers import DynamicCache
 
+        from diffpo_integrations.engine._core import cache_keyword, takes_logits_to_keep
+
         self._runtime = runtime
-        params = inspect.signature(runtime.model.forward).parameters
-        # transformers 5 calls the cache argument ``cache``; earlier releases ``past_key_values``.
-        self._kwargs: dict[str, Any] = {
-            "cache" if "cache" in params else "past_key_values": DynamicCache(),
-            "use_cache": True,
-        }
-        if "logits_to_keep" in params:
+        self._kwargs: dict[str, Any] = {cache_keyword(runtime.model): DynamicCache(), "use_cache": True}
+        if takes_logits_to_keep(runtime.model):
             # Only the last position is needed, not prompt x vocabulary.
             self._kwargs["logits_to_keep"] = 1
         self._logits: Any = None
