@@ -92,7 +92,7 @@ class SpeculationConfig:
             The CPU defaults, or cheaper verification on accelerators, where a pass over a few
             dozen tokens costs about as much as a one-token step.
         """
-        if torch.device(device).type in ("cuda", "xpu", "mps"):
+        if _on_accelerator(device):
             return cls(verify_base_cost=1.05, verify_token_cost=0.004)
         return cls()
 
@@ -110,9 +110,14 @@ class SpeculationConfig:
         Returns:
             The batched cost model for that device type.
         """
-        if torch.device(device).type in ("cuda", "xpu", "mps"):
+        if _on_accelerator(device):
             return cls(verify_base_cost=1.0, verify_token_cost=0.01, initial_chunk=16)
         return cls(verify_base_cost=1.0, verify_token_cost=0.1, initial_chunk=4)
+
+
+def _on_accelerator(device: torch.device | str) -> bool:
+    # Where a pass over a few dozen tokens costs about as much as a one-token step.
+    return torch.device(device).type in ("cuda", "xpu", "mps")
 
 
 def _verify_cost(chunk: int, config: SpeculationConfig) -> float:
