@@ -95,29 +95,28 @@ class _Feed:
 class BatchScheduler:
     """Runs the forward passes of every session opened on it as one packed pass.
 
-        Args:
-            model: A causal LM in eval mode (see :func:`supports_batching`).
-            max_sessions: Sessions admitted at once; :meth:`session` blocks past it.
+    Args:
+        model: A causal LM in eval mode (see :func:`supports_batching`).
+        max_sessions: Sessions admitted at once; :meth:`session` blocks past it.
         max_step_tokens: Most tokens one sequence feeds into one pass. A longer prefill is split
             over several passes, so the mask (tokens fed times tokens cached) and the attention
             scores stay bounded while the others keep decoding.
 
-        Example:
-            >>> import threading
-    import weakref
-            >>> from diffpo_integrations.engine import greedy
-            >>> from diffpo_integrations.engine.testing import tiny_random_model
-            >>> model = tiny_random_model("llama")
-            >>> scheduler = BatchScheduler(model)
-            >>> out = {}
-            >>> def run(i):
-            ...     with use_scheduler(scheduler):
-            ...         out[i] = greedy(model, [1, 2, 3 + i], max_new_tokens=5, stop_token_ids=[]).tokens
-            >>> threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-            >>> for t in threads: t.start()
-            >>> for t in threads: t.join()
-            >>> out[2] == greedy(model, [1, 2, 5], max_new_tokens=5, stop_token_ids=[]).tokens
-            True
+    Example:
+        >>> import threading
+        >>> from diffpo_integrations.engine import greedy
+        >>> from diffpo_integrations.engine.testing import tiny_random_model
+        >>> model = tiny_random_model("llama")
+        >>> scheduler = BatchScheduler(model)
+        >>> out = {}
+        >>> def run(i):
+        ...     with use_scheduler(scheduler):
+        ...         out[i] = greedy(model, [1, 2, 3 + i], max_new_tokens=5, stop_token_ids=[]).tokens
+        >>> threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        >>> for t in threads: t.start()
+        >>> for t in threads: t.join()
+        >>> out[2] == greedy(model, [1, 2, 5], max_new_tokens=5, stop_token_ids=[]).tokens
+        True
     """
 
     def __init__(self, model: Any, max_sessions: int = 8, max_step_tokens: int = 512) -> None:

@@ -185,7 +185,9 @@ class DraftCursor:
     generated suffix (``max_ngram`` down to 2 tokens) found in the draft nearest to the
     expected place, within ``resync_window * (n - 1)`` positions for n-grams shorter than
     ``max_ngram``; else the guess "substitution" (skip one draft token), left unconfirmed
-    until a generated token matches it.
+    until a generated token matches it. Once the draft is used up, the longest generated
+    suffix is looked up again where draft tokens follow it, since a jump to a phrase that the
+    draft repeats can leave the answer following the earlier copy.
 
     Args:
         draft: Draft token ids, aligned so that ``draft[0]`` follows the fixed prompt.
@@ -253,7 +255,8 @@ class DraftCursor:
             del self._history[0]
         pos = self.position
         if pos >= len(self.draft):
-            return  # Draft used up: nothing left to align with.
+            self._rejoin()
+            return
         hit = self.draft[pos] == token
         # A token after a confirmed alignment measures the draft; one after a guess measures
         # the guess. Mixing them would count every wrong guess against the draft.
@@ -270,6 +273,17 @@ class DraftCursor:
         i = bisect.bisect_left(ends, target)
         near = [ends[j] for j in (i - 1, i) if 0 <= j < len(ends)]
         return min(near, key=lambda s: (abs(s - target), -s))
+
+    def _rejoin(self) -> None:
+        # The draft is used up, perhaps because a re-sync jumped to a later copy of a phrase
+        # the draft repeats while the answer follows the earlier one. Where the longest
+        # generated suffix also occurs with draft tokens after it, resume there on trial.
+        hist = self._history
+        if len(hist) < self._max_ngram:
+            return
+        ends = [s for s in self._ends.get(tuple(hist), ()) if s < len(self.draft)]
+        if ends:
+            self.position, self.confirmed = ends[-1], False
 
     def _resync(self, expected: int) -> int:
         # `expected` is the draft index the token just generated was supposed to match, so a

@@ -63,6 +63,22 @@ def test_long_ngram_found_anywhere_bigram_only_nearby() -> None:
     assert (near_bigram.position, near_bigram.confirmed) == (6, True)
 
 
+def test_a_used_up_draft_is_rejoined_where_the_answer_repeats_it() -> None:
+    phrase = [10, 11, 12, 13, 14, 15]
+    assert len(phrase) == CPU.max_ngram
+    draft = [*phrase, 20, 21, 22, *phrase]  # the draft repeats a phrase at its very end
+    # The answer reached the end of the draft (say, after a jump to the second copy) and goes
+    # on with what followed the first copy: the cursor resumes there, on trial.
+    cursor = walk(draft, [*draft, 20])
+    assert (cursor.position, cursor.confirmed) == (7, False)
+    assert cursor.candidates(2) == [21, 22]
+    cursor.observe(21)
+    assert (cursor.position, cursor.confirmed) == (8, True)
+    # Text the draft never had leaves a used-up cursor where it is.
+    lost = walk(draft, [*draft, 99])
+    assert (lost.position, lost.candidates(3)) == (len(draft), [])
+
+
 def test_acceptance_and_guess_estimates_follow_hits_and_misses() -> None:
     draft = list(range(100, 160))
     cursor = DraftCursor(draft, CPU)
