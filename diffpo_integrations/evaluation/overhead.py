@@ -133,11 +133,39 @@ def _variants(base_url: str) -> tuple[dict[str, Callable[[], Any]], dict[str, st
     else:
         inner = MockLLM()
         wrapped = DiffPOLLM(llm=inner, aligner=aligner)
+        raw_wrapper = _raw_wrapper_llm(inner, raw_post)
         variants["MockLLM.complete + raw POST"] = lambda: (inner.complete(DRAFT), raw_post())
+        variants["LLM wrapper(MockLLM) + raw POST"] = lambda: raw_wrapper.complete(DRAFT)
         variants["DiffPOLLM(MockLLM).complete"] = lambda: wrapped.complete(DRAFT)
         baseline["MockLLM.complete + raw POST"] = "raw session POST /diffpo/align"
-        baseline["DiffPOLLM(MockLLM).complete"] = "MockLLM.complete + raw POST"
+        baseline["LLM wrapper(MockLLM) + raw POST"] = "MockLLM.complete + raw POST"
+        baseline["DiffPOLLM(MockLLM).complete"] = "LLM wrapper(MockLLM) + raw POST"
     return variants, baseline
+
+
+def _raw_wrapper_llm(inner: Any, post: Callable[[], Any]) -> Any:
+    """The least a LlamaIndex ``LLM`` around another one can be: instrumented, then a raw POST.
+
+    Any ``LLM`` pays LlamaIndex's instrumentation (a span and start/end events per call), so this
+    shows which part of ``DiffPOLLM``'s added time is that machinery and which is the package's.
+    """
+    from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata
+    from llama_index.core.llms.callbacks import llm_completion_callback
+
+    class RawWrapperLLM(CustomLLM):
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata()
+
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            inner.complete(prompt, formatted=formatted, **kwargs)
+            return CompletionResponse(text=post()["text"])
+
+        def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    return RawWrapperLLM()
 
 
 @contextmanager
@@ -289,8 +317,9 @@ def format_table(result: OverheadResult, target_ms: float = 0.5, target_ratio: f
             continue
         added = result.added_ms(name)
         local = result.added_in_process_ms(name) if result.in_process_ms else float("nan")
-        mark = "ok" if min(added, local) <= target_ms else f"ABOVE {target_ms} ms"
-        lines.append(f"{name:<{width}}{median:>10.3f}{added:>+10.3f}{local:>+10.3f}  {base} [{mark}]")
+        # Rows built on the raw client measure LangChain's or LlamaIndex's own machinery.
+        mark = "" if "raw" in name else " [ok]" if min(added, local) <= target_ms else f" [ABOVE {target_ms} ms]"
+        lines.append(f"{name:<{width}}{median:>10.3f}{added:>+10.3f}{local:>+10.3f}  {base}{mark}")
     lines += ["", f"{'async, ' + str(result.concurrency) + ' concurrent':<{width}}{'1 call':>10}{'all':>10}  ratio"]
     for name, (single, many) in result.async_ms.items():
         ratio = many / single

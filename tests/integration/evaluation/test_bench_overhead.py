@@ -41,6 +41,23 @@ def test_overhead_benchmark_reports_every_variant() -> None:
     table = format_table(result)
     assert "TGIAligner.align" in table
     assert "4 concurrent" in table
+    # DiffPOLLM is compared with the least LlamaIndex LLM wrapper, which is compared with the raw calls.
+    assert result.baseline["DiffPOLLM(MockLLM).complete"] == "LLM wrapper(MockLLM) + raw POST"
+    assert result.baseline["LLM wrapper(MockLLM) + raw POST"] == "MockLLM.complete + raw POST"
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert "[" not in rows["LLM wrapper(MockLLM) + raw POST"]  # framework machinery: no target mark
+    assert "[ok]" in rows["TGIAligner.align"] or "[ABOVE 0.5 ms]" in rows["TGIAligner.align"]
+
+
+def test_raw_wrapper_llm_returns_the_posted_answer() -> None:
+    from llama_index.core.llms import MockLLM
+
+    from diffpo_integrations.evaluation.overhead import _raw_wrapper_llm
+
+    calls: list[str] = []
+    llm = _raw_wrapper_llm(MockLLM(), lambda: calls.append("post") or {"text": "aligned"})
+    assert llm.complete("question").text == "aligned"
+    assert calls == ["post"]
 
 
 def test_cli_overhead_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
