@@ -25,7 +25,6 @@ import huggingface_hub
 from huggingface_hub import InferenceClient, get_async_session, get_session
 from huggingface_hub.utils._http import default_async_client_factory, default_client_factory
 
-from diffpo_integrations.backends._transport import raise_for_answer
 from diffpo_integrations.backends.tgi import TGIAligner
 from diffpo_integrations.evaluation.delay_server import ALIGN_ANSWER, GENERATE_ANSWER, INFO
 
@@ -200,41 +199,12 @@ def _time_sync(variants: dict[str, Callable[[], Any]], iterations: int, warmup: 
     return samples
 
 
-class _SharedSessionAligner(TGIAligner):
-    """TGIAligner whose async calls reuse one ``AsyncClient`` (the change proposed for ``tgi.py``).
-
-    ``huggingface_hub``'s ``get_async_session()`` builds a new ``httpx2.AsyncClient`` per call, and
-    that builds an SSL context (loading the CA store) even for plain-HTTP URLs.
-    """
-
-    session: Any = None
-
-    def _client(self) -> Any:
-        if self.session is None:
-            self.session = get_async_session()
-        return self.session
-
-    async def _aget(self, path: str) -> Any:
-        response = await self._client().get(self.base_url + path, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response.json()
-
-    async def _apost(self, path: str, body: dict[str, Any]) -> Any:
-        response = await self._client().post(
-            self.base_url + path, json=body, headers=self.headers, timeout=self.timeout
-        )
-        raise_for_answer(response, self.endpoint)
-        return response
-
-
 async def _time_async(
     base_url: str, single_calls: int, rounds: int, concurrency: int
 ) -> dict[str, tuple[float, float]]:
     """Per async variant: median ms of one call, and of ``concurrency`` concurrent calls."""
     aligner = TGIAligner(base_url, max_retries=0)
-    fixed = _SharedSessionAligner(base_url, max_retries=0)
     await aligner.ainfo()
-    await fixed.ainfo()
     url = base_url + "/diffpo/align"
     body = aligner._align_body(aligner.request(MESSAGES, DRAFT), stream=False)
     shared = get_async_session()
@@ -250,7 +220,6 @@ async def _time_async(
         "raw AsyncClient (one, reused)": raw_shared,
         "raw get_async_session() per call": raw_per_call,
         "TGIAligner.aalign": lambda: aligner.aalign(MESSAGES, DRAFT),
-        "TGIAligner.aalign, one AsyncClient (proposed)": lambda: fixed.aalign(MESSAGES, DRAFT),
     }
 
     async def timed(fn: Callable[[], Any], n: int) -> float:
@@ -267,8 +236,6 @@ async def _time_async(
             out[name] = (single, many)
     finally:
         await shared.aclose()
-        if fixed.session is not None:
-            await fixed.session.aclose()
     return out
 
 
