@@ -4,7 +4,8 @@ Needs the ``local`` extra (torch, transformers). The decoding functions work on 
 prompt building lives in :mod:`diffpo_integrations.core`.
 
 - :func:`load_model` loads the aligner (default: the packaged SmolLM2 GGUF, cached as
-  safetensors after the first load).
+  safetensors after the first load); on a CPU it packs the linear weights for oneDNN
+  (:func:`pack_linear_weights`).
 - :func:`greedy`, :func:`speculative` and :func:`reference_jacobi` decode one sequence and
   return a :class:`DecodeResult`; :func:`decode` picks one by name.
 - :class:`BatchScheduler` runs the decodes of several threads as shared forward passes
@@ -22,6 +23,7 @@ from diffpo_integrations.engine.decoding import (
     reference_jacobi,
 )
 from diffpo_integrations.engine.loading import LoadedModel, eos_token_ids, load_model, smollm2_gguf_path
+from diffpo_integrations.engine.packing import pack_linear_weights
 from diffpo_integrations.engine.speculation import SpeculationConfig, speculative
 from diffpo_integrations.engine.testing import tiny_random_model
 
@@ -37,6 +39,7 @@ __all__ = [
     "eos_token_ids",
     "greedy",
     "load_model",
+    "pack_linear_weights",
     "reference_jacobi",
     "smollm2_gguf_path",
     "speculative",
