@@ -38,7 +38,9 @@ def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 300.0) -> Iterator[str]:
+def serve_in_thread(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 300.0, graceful_shutdown_s: int = 5
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yield its base URL once ``/health`` answers 200.
 
     The socket is bound before the thread starts (port ``0`` picks a free one, with no race), and
@@ -49,6 +51,7 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout
         host: interface to bind; loopback by default.
         port: ``0`` for a free port.
         timeout: seconds to wait for start-up (model loading included).
+        graceful_shutdown_s: on exit, how long requests in flight may run before they are cut off.
 
     Example:
         >>> with serve_in_thread(create_app(loaded)) as base_url:  # doctest: +SKIP
@@ -62,7 +65,12 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, host=host, port=bound_port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+        app,
+        host=host,
+        port=bound_port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_shutdown_s,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="diffpo-uvicorn", daemon=True)

@@ -60,16 +60,17 @@ def make_app(**config: Any) -> Any:
 class Replica:
     """A server that can be stopped and started again on the same port, from any thread."""
 
-    def __init__(self, app: Any, port: int = 0) -> None:
+    def __init__(self, app: Any, port: int = 0, graceful_shutdown_s: int = 5) -> None:
         self.app = app
         self.port = port
+        self.graceful_shutdown_s = graceful_shutdown_s
         self.url = ""
         self._cm: AbstractContextManager[str] | None = None
         self._lock = threading.Lock()
 
     def start(self) -> str:
         with self._lock:
-            self._cm = serve_in_thread(self.app, port=self.port)
+            self._cm = serve_in_thread(self.app, port=self.port, graceful_shutdown_s=self.graceful_shutdown_s)
             self.url = self._cm.__enter__()
             self.port = int(self.url.rsplit(":", 1)[1])
             return self.url

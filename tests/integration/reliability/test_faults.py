@@ -25,7 +25,9 @@ LIMIT_S = 240.0
 
 @pytest.fixture
 def replicas() -> Iterator[tuple[Replica, Replica]]:
-    a, b = Replica(make_app()), Replica(make_app())
+    # A stop gives requests in flight 1 s to finish: the batch below must be cut off mid-generation
+    # whatever the machine's speed.
+    a, b = Replica(make_app(), graceful_shutdown_s=1), Replica(make_app(), graceful_shutdown_s=1)
     a.start()
     b.start()
     try:
@@ -71,7 +73,7 @@ async def test_kill_mid_stream_then_mid_batch_then_restart(replicas: tuple[Repli
     await asyncio.sleep(0.6)  # past the cool-down
     assert (await pool.acheck_health())[a.url]
     assert pool.stats()[a.url].state == "closed"
-    # Long enough that A's share (decoded together, in one batch) is still running when A's 5 s
+    # Long enough that A's share (decoded together, in one batch) is still running when A's 1 s
     # graceful stop runs out, so those requests really are cut off mid-generation.
     batch = [asyncio.ensure_future(pool.aalign(MESSAGES, DRAFT, max_new_tokens=BATCH_NEW_TOKENS)) for _ in range(BATCH)]
     await asyncio.sleep(0.3)
