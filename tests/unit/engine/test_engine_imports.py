@@ -8,7 +8,7 @@ import pytest
 
 import diffpo_integrations.engine as engine
 
-MODULES = ("_core", "aligning", "batching", "decoding", "loading", "speculation", "testing")
+MODULES = ("_core", "aligning", "batching", "decoding", "loading", "packing", "speculation", "testing")
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -32,6 +32,7 @@ def test_package_exports() -> None:
         "eos_token_ids",
         "greedy",
         "load_model",
+        "pack_linear_weights",
         "reference_jacobi",
         "smollm2_gguf_path",
         "speculative",
