@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +248,9 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return resolved
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -306,12 +310,16 @@ def load_model(
         raise FileNotFoundError(msg)
     else:
         folder = model_id = str(model)  # a hub id such as "RuizheChen/DiffPO-8B"
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
-    loaded = loaded.to(target).eval()
-    packed = 0
-    if pack_weights or (pack_weights is None and target.type == "cpu" and torch_dtype == torch.float32):
-        packed = pack_linear_weights(loaded)
+    # One load at a time per process: from_pretrained builds models under process-wide torch
+    # state, and four concurrent loads with packing left a later load's tied output projection
+    # on the "meta" device (transformers 5.24).
+    with _LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+        loaded = loaded.to(target).eval()
+        packed = 0
+        if pack_weights or (pack_weights is None and target.type == "cpu" and torch_dtype == torch.float32):
+            packed = pack_linear_weights(loaded)
     return LoadedModel(
         model=loaded,
         tokenizer=tokenizer,
