@@ -4,8 +4,8 @@ Needs the ``local`` extra (torch, transformers). The decoding functions work on 
 prompt building lives in :mod:`diffpo_integrations.core`.
 
 - :func:`load_model` loads the aligner (default: the packaged SmolLM2 GGUF, cached as
-  safetensors after the first load); on a CPU it packs the linear weights for oneDNN
-  (:func:`pack_linear_weights`).
+  safetensors after the first load); ``pack_weights=True`` packs the linear weights for
+  oneDNN on a CPU (:func:`pack_linear_weights`).
 - :func:`greedy`, :func:`speculative` and :func:`reference_jacobi` decode one sequence and
   return a :class:`DecodeResult`; :func:`decode` picks one by name.
 - :class:`BatchScheduler` runs the decodes of several threads as shared forward passes

@@ -61,14 +61,15 @@ def test_only_float32_cpu_linears_are_packed() -> None:
     assert _linears(model) > 0
 
 
-def test_load_model_packs_on_cpu_unless_asked_not_to(smollm2: LoadedModel) -> None:
-    # SmolLM2-135M: 30 layers x (4 attention + 3 MLP projections) + the output projection.
-    assert smollm2.packed_layers == 30 * 7 + 1
-    assert isinstance(smollm2.model.lm_head, PackedLinear)
-    plain = load_model(pack_weights=False)
+def test_load_model_packs_when_asked(smollm2: LoadedModel) -> None:
+    plain = smollm2
     assert plain.packed_layers == 0
     assert type(plain.model.lm_head) is nn.Linear
-    prompt = smollm2.tokenizer.apply_chat_template(
+    packed = load_model(pack_weights=True)
+    # SmolLM2-135M: 30 layers x (4 attention + 3 MLP projections) + the output projection.
+    assert packed.packed_layers == 30 * 7 + 1
+    assert isinstance(packed.model.lm_head, PackedLinear)
+    prompt = plain.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name a prime number."}],
         add_generation_prompt=True,
         tokenize=True,
@@ -76,6 +77,6 @@ def test_load_model_packs_on_cpu_unless_asked_not_to(smollm2: LoadedModel) -> No
     )
     with torch.inference_mode():
         expected = plain.model(input_ids=torch.tensor([prompt])).logits[0, -1]
-        got = smollm2.model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        got = packed.model(input_ids=torch.tensor([prompt])).logits[0, -1]
     assert int(got.argmax()) == int(expected.argmax())
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
