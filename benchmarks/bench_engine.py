@@ -118,7 +118,7 @@ def add_row(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, pack_weights=args.pack_weights)
     model, stop = loaded.model, loaded.eos_token_ids
     special = set(loaded.tokenizer.all_special_ids)
     vocab = [i for i in range(len(loaded.tokenizer)) if i not in special]
@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "device": str(loaded.device),
+            "packed_layers": loaded.packed_layers,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         },
@@ -218,7 +219,8 @@ def print_table(report: dict[str, Any]) -> None:
     machine = report["machine"]
     print(
         f"\nmodel {report['model']} (stand-in for a DiffPO aligner) on {machine['processor']}, "
-        f"{machine['cpu_count']} CPUs, torch {machine['torch']} with {machine['torch_threads']} threads; "
+        f"{machine['cpu_count']} CPUs, torch {machine['torch']} with {machine['torch_threads']} threads, "
+        f"{machine['packed_layers']} packed layers; "
         f"load average {machine['loadavg_before'][0]:.1f} -> {machine['loadavg_after'][0]:.1f}"
     )
     header = f"{'draft':8} {'method':12} {'q':>3} {'tokens':>7} {'passes':>7} {'accepted':>8} {'time s':>8} {'tok/s':>7} {'RSS MiB':>8}"
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     parser.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: SmolLM2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self10 edits")
+    parser.add_argument("--pack-weights", action="store_true", help="pack linear weights for oneDNN (CPU)")
     parser.add_argument("--out", type=Path, default=None, help="write the full report as JSON here")
     args = parser.parse_args(argv)
     report = run(args)
