@@ -24,23 +24,6 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-_SERVER_FLAGS = (
-    "model",
-    "host",
-    "port",
-    "max_concurrent_requests",
-    "max_batch_size",
-    "num_threads",
-    "max_waiting",
-    "max_input_tokens",
-    "max_total_tokens",
-    "api_key",
-    "method",
-    "trust_remote_code",
-    "log_level",
-)
-
-
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server's flags: one set for ``diffpo serve`` and ``python -m diffpo_integrations.server``."""
     parser.add_argument(
@@ -65,8 +48,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``ServerConfig`` fields set on the command line; flags left out keep the config's defaults."""
-    return {k: v for k, v in vars(args).items() if k in _SERVER_FLAGS and v is not None and v is not False}
+    """The ``ServerConfig`` fields set on the command line; flags left out keep the config's defaults.
+
+    Needs the server extra, as anything that builds a ``ServerConfig`` does.
+    """
+    from diffpo_integrations.server.config import ServerConfig
+
+    fields = ServerConfig.model_fields
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None and v is not False}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,6 +51,8 @@ CACHE_ENV_VAR = "DIFFPO_CACHE_DIR"
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>")
 """End-of-turn markers of ChatML (SmolLM2), Gemma-2 (DiffPO-2B/9B) and Llama-3 (DiffPO-8B)."""
 
+_LOAD_LOCK = threading.Lock()
+
 
 @dataclass
 class LoadedModel:
@@ -246,9 +248,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         msg = f"unknown dtype {dtype!r}; use a torch dtype name such as 'float32' or 'bfloat16'"
         raise ValueError(msg)
     return resolved
-
-
-_LOAD_LOCK = threading.Lock()
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:

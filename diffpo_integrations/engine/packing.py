@@ -70,7 +70,7 @@ class PackedLinear(nn.Module):
 def pack_linear_weights(model: Any) -> int:
     """Replace every float32 ``nn.Linear`` of a CPU model by a :class:`PackedLinear`, in place.
 
-    Parameters left as they were (embeddings, norms) are copied into ordinary memory first:
+    The parameters left as they were (embeddings, norms) are then copied into ordinary memory:
     transformers maps safetensors files into memory, and a mapping stays resident as long as
     any tensor from it lives, which would keep the unpacked weights' pages too. A tied output
     projection gets its own packed copy (the embedding table stays for the input side).
