@@ -19,7 +19,7 @@ def _linears(model: nn.Module) -> int:
 
 
 def test_this_pytorch_build_can_pack() -> None:
-    # The pinned CPU build ships oneDNN; without it load_model would silently stay unpacked.
+    # The pinned CPU build ships oneDNN; without it pack_weights=True would leave every layer plain.
     assert can_pack()
 
 
