@@ -103,14 +103,14 @@ def record_failed(record: AlignedRecord) -> bool:
     return any(isinstance(m, dict) and not m.get("aligned", True) for m in turns)
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, *, desc: str = "aligning", unit: str = "turn") -> Any:
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a convenience; the cli extra brings tqdm
         return None
-    return tqdm(total=total, unit="turn", desc="aligning", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=sys.stderr)
 
 
 def _resume(out: Path, retry_failed: bool) -> set[int | str]:
