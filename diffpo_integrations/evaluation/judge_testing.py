@@ -49,7 +49,10 @@ class ScriptedJudge:
         messages = body.get("messages") or []
         system = next((m["content"] for m in messages if m.get("role") == "system"), "")
         user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-        content = self.reply(system, user)
+        try:
+            content = self.reply(system, user)
+        except Exception as exc:  # a broken script answers 500 with the reason, as a real server would
+            return 500, {"error": {"message": f"the judge script failed: {exc!r}"}}
         return 200, {
             "id": "chatcmpl-scripted",
             "object": "chat.completion",
