@@ -19,7 +19,7 @@ from typing import Any
 from diffpo_integrations.cli._common import add_aligner_args, fail, make_aligner
 from diffpo_integrations.cli.judge import JudgeJob, add_judge_client_args, answers_source, judge_and_report
 from diffpo_integrations.core.errors import DiffPOError
-from diffpo_integrations.data import MT_BENCH_ANSWERS, mt_bench_answers_path, mt_bench_questions_path
+from diffpo_integrations.data import MT_BENCH_ANSWERS, mt_bench_questions_path
 
 __all__ = ["register", "resolve_answers", "run"]
 
@@ -85,14 +85,7 @@ def resolve_answers(value: str) -> Path:
     Raises:
         FileNotFoundError: neither exists.
     """
-    path = Path(value)
-    if path.exists():
-        return path
-    name = value.removeprefix("mt_bench_").removesuffix(".jsonl")
-    if name in MT_BENCH_ANSWERS:
-        return mt_bench_answers_path(name)
-    msg = f"no answers file {value!r} (shipped names: {', '.join(MT_BENCH_ANSWERS)})"
-    raise FileNotFoundError(msg)
+    return answers_source(value)[1]
 
 
 def _judgments_path(out: Path) -> Path:

@@ -42,7 +42,7 @@ from diffpo_integrations.evaluation.judge_prompts import (
     parse_verdict,
     prompt_name,
 )
-from diffpo_integrations.evaluation.mtbench import BaseAnswer, Question, read_records
+from diffpo_integrations.evaluation.mtbench import BaseAnswer, Question, read_records, rewrite_records
 from diffpo_integrations.evaluation.runner import _all_or_cancel, _progress
 
 __all__ = [
@@ -203,10 +203,7 @@ def _resume(out: Path) -> set[tuple[Any, ...]]:
     rows = read_records(out, repair=True)
     if any(is_api_error(r) for r in rows):
         kept = [r for r in rows if not is_api_error(r)]
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-        os.replace(tmp, out)  # atomic: an interrupt leaves either the old or the new file
+        rewrite_records(out, kept)
         rows = kept
     return {judgment_key(r) for r in rows}
 

@@ -28,6 +28,7 @@ from diffpo_integrations.evaluation.mtbench import (
     answer_record,
     build_job,
     read_records,
+    rewrite_records,
 )
 
 __all__ = ["EvalSummary", "PendingJob", "arun_eval", "file_jobs", "plain_jobs", "record_failed", "run_eval"]
@@ -118,10 +119,7 @@ def _resume(out: Path, retry_failed: bool) -> set[int | str]:
     records = read_records(out, repair=True)
     if retry_failed and any(record_failed(r) for r in records):
         kept = [r for r in records if not record_failed(r)]
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-        os.replace(tmp, out)  # atomic: an interrupt leaves either the old or the new file
+        rewrite_records(out, kept)
         records = kept
     return {r["question_id"] for r in records if "question_id" in r}
 
