@@ -148,7 +148,7 @@ def summarize_judgments(
     Args:
         rows: lines of a judgments file (a later line for the same judgment wins).
         mode: ``single`` or ``pairwise``.
-        judge_model: only this judge's lines (default: all).
+        judge_model: only this judge's lines (default: all; named in the summary when they share one).
         questions: give each question's category, for the per-category scores.
         pairs: pairwise: the ``(model_a, model_b)`` pairs, win/loss/tie from ``model_a``'s side
             (default: the pairs in the file, ``model_1`` first).
@@ -160,6 +160,9 @@ def summarize_judgments(
         is empty, in single mode ``pairwise`` is.
     """
     latest = latest_rows(rows, judge_model)
+    if judge_model is None:
+        judges = {str((r.get("judge") or ["?"])[0]) for r in latest}
+        judge_model = judges.pop() if len(judges) == 1 else None
     categories = {str(q.question_id): q.category for q in questions or []}
     if mode == "single":
         single_rows = [r for r in latest if "model" in r]

@@ -254,7 +254,9 @@ def test_eval_aligns_then_judges_draft_against_aligned(
             )
             == 0
         )
-    assert "llama-3-diffpo wins" in report.read_text(encoding="utf-8")
+    rebuilt = report.read_text(encoding="utf-8")
+    assert "llama-3-diffpo wins" in rebuilt
+    assert "Judge: scripted (pairwise)" in rebuilt
 
 
 @pytest.mark.parametrize(
