@@ -1,4 +1,4 @@
-"""The ``diffpo`` command: ``serve``, ``align``, ``eval`` and ``bench``.
+"""The ``diffpo`` command: ``serve``, ``gateway``, ``align``, ``eval`` and ``bench``.
 
 Each subcommand lives in its own module and registers itself with :func:`main`'s parser, so
 the optional dependencies of one (the model for ``serve``) are imported only when it runs.
@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from diffpo_integrations.cli import align, bench, evaluate, serve
+from diffpo_integrations.cli import align, bench, evaluate, gateway, serve
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = [serve, align, evaluate, bench]
+_COMMANDS = [serve, gateway, align, evaluate, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffpo",
         description="DiffPO inference-time alignment: serve an aligner, align drafts, evaluate, benchmark.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,align,eval,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,gateway,align,eval,bench}")
     for module in _COMMANDS:
         module.register(sub)
     return parser
