@@ -30,10 +30,19 @@ def completion(contents: list[str], *, tool_calls: list[dict[str, Any]] | None =
         if tool_calls:
             message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
         choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"})
-    return {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "up", "choices": choices, "usage": USAGE}
+    return {
+        "id": "chatcmpl-up",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "up",
+        "choices": choices,
+        "usage": USAGE,
+    }
 
 
-def stream_events(text: str, *, tool_calls: list[dict[str, Any]] | None = None, usage: bool = True) -> list[dict[str, Any]]:
+def stream_events(
+    text: str, *, tool_calls: list[dict[str, Any]] | None = None, usage: bool = True
+) -> list[dict[str, Any]]:
     """An upstream's stream of ``chat.completion.chunk`` events for one choice, a word at a time."""
     base = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "up"}
     events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
@@ -92,7 +101,9 @@ class ScriptedUpstream:
         if isinstance(answer, httpx.Response):
             return answer
         if isinstance(answer, list):  # a stream of events
-            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_CountingStream(answer, self))
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, stream=_CountingStream(answer, self)
+            )
         return httpx.Response(200, json=answer)
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-
 from gateway_fakes import (
     DRAFT,
     MESSAGES,
@@ -88,7 +87,9 @@ def test_per_request_keep_prefix_tokens() -> None:
         ({"response_format": {"type": "json_object"}}, {}, "response_format"),
     ],
 )
-def test_pass_through_returns_the_upstream_answer(request_extra: dict[str, Any], headers: dict[str, str], reason: str) -> None:
+def test_pass_through_returns_the_upstream_answer(
+    request_extra: dict[str, Any], headers: dict[str, str], reason: str
+) -> None:
     upstream = ScriptedUpstream([completion([DRAFT])])
     with gateway(upstream) as (client, aligner_server):
         response = client.post(CHAT, json={"messages": MESSAGES, **request_extra}, headers=headers)
@@ -116,7 +117,10 @@ def test_bad_diffpo_option_is_a_400_naming_it() -> None:
         response = client.post(CHAT, json={"messages": MESSAGES, "diffpo": {"keep_prefix": 3}})
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["message"] == "unknown 'diffpo' option(s) ['keep_prefix']; the options are 'align' and 'keep_prefix_tokens'"
+    assert (
+        error["message"]
+        == "unknown 'diffpo' option(s) ['keep_prefix']; the options are 'align' and 'keep_prefix_tokens'"
+    )
     assert (error["type"], error["param"]) == ("invalid_request_error", "diffpo")
 
 
@@ -137,11 +141,20 @@ def test_stream_equals_the_whole_answer_and_ends_with_metadata_and_usage() -> No
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == whole["choices"][0]["message"]["content"] == want.text
     # TGI's Messages API sends the role in every delta, and its clients rely on it.
-    assert all(c["choices"][0]["delta"].get("role") == "assistant" for c in chunks if c["choices"] and c["choices"][0]["delta"])
+    assert all(
+        c["choices"][0]["delta"].get("role") == "assistant" for c in chunks if c["choices"] and c["choices"][0]["delta"]
+    )
     last = next(c for c in reversed(chunks) if c["choices"])
     assert last["choices"][0]["finish_reason"] == "stop"
     assert last["diffpo"] == {**whole["diffpo"], "latency_s": last["diffpo"]["latency_s"]}
-    assert chunks[-1] == {"id": "chatcmpl-up", "created": 1, "model": "up", "object": "chat.completion.chunk", "choices": [], "usage": USAGE}
+    assert chunks[-1] == {
+        "id": "chatcmpl-up",
+        "created": 1,
+        "model": "up",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": USAGE,
+    }
 
 
 def test_early_stream_policy_aligns_the_prefix_and_stops_the_upstream() -> None:
@@ -180,7 +193,9 @@ def test_opted_out_stream_is_forwarded_as_is() -> None:
 
 
 def test_upstream_openai_error_is_forwarded_with_its_status() -> None:
-    error = {"error": {"message": "model 'x' not found", "type": "invalid_request_error", "param": "model", "code": None}}
+    error = {
+        "error": {"message": "model 'x' not found", "type": "invalid_request_error", "param": "model", "code": None}
+    }
     with gateway(ScriptedUpstream([httpx.Response(404, json=error)])) as (client, _):
         response = client.post(CHAT, json={"messages": MESSAGES, "model": "x"})
         streamed = client.post(CHAT, json={"messages": MESSAGES, "model": "x", "stream": True})
@@ -204,8 +219,18 @@ def test_upstream_tgi_error_is_wrapped_in_openai_shape() -> None:
 @pytest.mark.parametrize(
     ("exc", "status", "kind", "message"),
     [
-        (httpx.ConnectError("refused"), 502, "upstream_unreachable", "could not reach the upstream http://upstream.test/v1: refused"),
-        (httpx.ReadTimeout("slow"), 504, "upstream_timeout", "the upstream http://upstream.test/v1 did not answer in time (ReadTimeout)"),
+        (
+            httpx.ConnectError("refused"),
+            502,
+            "upstream_unreachable",
+            "could not reach the upstream http://upstream.test/v1: refused",
+        ),
+        (
+            httpx.ReadTimeout("slow"),
+            504,
+            "upstream_timeout",
+            "the upstream http://upstream.test/v1 did not answer in time (ReadTimeout)",
+        ),
     ],
 )
 def test_unreachable_upstream_is_a_502_or_504_naming_it(exc: Exception, status: int, kind: str, message: str) -> None:
