@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -31,14 +30,12 @@ def create_gateway_app(
     config: GatewayConfig,
     *,
     aligner: BaseAligner | None = None,
-    upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the gateway app.
 
     Args:
         config: upstream, aligner and admission settings.
         aligner: the aligner to use; built from ``config.aligner_urls`` when ``None``.
-        upstream_transport: an ``httpx`` transport for the upstream leg (tests pass ``httpx.MockTransport``).
 
     Example:
         >>> app = create_gateway_app(GatewayConfig(upstream="http://127.0.0.1:8081", aligner_urls=["http://127.0.0.1:8080"]))
@@ -48,7 +45,7 @@ def create_gateway_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = GatewayState(config, aligner or build_aligner(config), upstream_transport)
+        state = GatewayState(config, aligner or build_aligner(config))
         app.state.gateway = state
         try:
             yield

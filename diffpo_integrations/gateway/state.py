@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
-
 from diffpo_integrations.core.aligner import BaseAligner
 from diffpo_integrations.gateway.config import GatewayConfig
 from diffpo_integrations.gateway.metrics import GatewayMetrics
@@ -77,11 +75,10 @@ class GatewayState:
         self,
         config: GatewayConfig,
         aligner: BaseAligner,
-        upstream_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
         self.aligner = aligner
-        self.upstream = Upstream(config.upstream, timeout=config.upstream_timeout, transport=upstream_transport)
+        self.upstream = Upstream(config.upstream, timeout=config.upstream_timeout)
         self.admission = Admission(config.max_concurrent_requests, config.max_waiting)
         self.metrics = GatewayMetrics()
 

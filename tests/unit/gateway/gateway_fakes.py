@@ -1,14 +1,16 @@
-"""A scripted OpenAI-compatible upstream (an ``httpx.MockTransport`` handler) and helpers for gateway tests."""
+"""A scripted OpenAI-compatible upstream on loopback, and helpers for gateway tests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from aiohttp import web
 from fastapi.testclient import TestClient
 
 from diffpo_integrations.backends.testing import MockTGIServer, mock_tgi
@@ -62,58 +64,105 @@ def sse_body(events: list[dict[str, Any]]) -> bytes:
     return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
 
 
-class _CountingStream(httpx.AsyncByteStream):
-    """Yields SSE events one by one and counts how many the gateway pulled."""
+@dataclass
+class Seen:
+    """One request the scripted upstream received."""
 
-    def __init__(self, events: list[dict[str, Any]], upstream: ScriptedUpstream) -> None:
-        self.events = events
-        self.upstream = upstream
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for event in self.events:
-            self.upstream.pulled += 1
-            yield f"data: {json.dumps(event)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
 
-    async def aclose(self) -> None:
-        self.upstream.closed = True
+@dataclass
+class Reply:
+    """A scripted answer: a status and a JSON body, after a delay."""
+
+    status: int
+    body: Any
+    delay: float = 0.0
 
 
 @dataclass
 class ScriptedUpstream:
-    """The upstream: answers each chat request with the next scripted answer, and records requests."""
+    """A loopback OpenAI upstream: answers each chat request with the next scripted answer
+    (a dict, a :class:`Reply`, or a list of stream events), and records every request.
+
+    Streams are written an event at a time, ``event_delay`` apart, so a client that leaves early
+    is seen: ``written`` counts the events sent and ``closed`` says the client went away.
+    """
 
     answers: list[Any] = field(default_factory=list)
-    requests: list[httpx.Request] = field(default_factory=list)
-    pulled: int = 0
+    event_delay: float = 0.02
+    requests: list[Seen] = field(default_factory=list)
+    written: int = 0
     closed: bool = False
+    url: str = ""
 
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(r.content) for r in self.requests if r.method == "POST"]
+    def bodies(self) -> list[Any]:
+        return [r.body for r in self.requests if r.method == "POST"]
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if request.method == "GET" and request.url.path == "/v1/models":
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "up", "object": "model"}]})
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, BaseException):
-            raise answer
-        if isinstance(answer, httpx.Response):
-            return answer
-        if isinstance(answer, list):  # a stream of events
-            return httpx.Response(
-                200, headers={"content-type": "text/event-stream"}, stream=_CountingStream(answer, self)
-            )
-        return httpx.Response(200, json=answer)
+    def _next(self) -> Any:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json() if request.can_read_body else None
+        self.requests.append(Seen(request.method, request.path, dict(request.headers), body))
+        if request.method == "GET" and request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [{"id": "up", "object": "model"}]})
+        answer = self._next()
+        if isinstance(answer, Reply):
+            await asyncio.sleep(answer.delay)
+            return web.json_response(answer.body, status=answer.status)
+        if isinstance(answer, list):
+            return await self._stream(request, answer)
+        return web.json_response(answer)
+
+    async def _stream(self, request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for event in events:
+                await response.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.written += 1
+                await asyncio.sleep(self.event_delay)
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionError, asyncio.CancelledError):
+            self.closed = True
+            raise
+        return response
 
 
 @contextmanager
-def gateway(upstream: ScriptedUpstream, **options: Any) -> Iterator[tuple[TestClient, MockTGIServer]]:
+def serve_upstream(upstream: ScriptedUpstream) -> Iterator[ScriptedUpstream]:
+    """Serve ``upstream`` on 127.0.0.1 in a thread with its own event loop; sets ``upstream.url``."""
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream._handle)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    upstream.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield upstream
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@contextmanager
+def gateway(scripted: ScriptedUpstream, **options: Any) -> Iterator[tuple[TestClient, MockTGIServer]]:
     """The gateway app over the scripted upstream and a mock aligner (``mock_tgi``), in process."""
-    with mock_tgi() as aligner_server:
-        config = GatewayConfig(upstream="http://upstream.test/v1", aligner_urls=["http://mock-tgi"], **options)
-        app = create_gateway_app(config, upstream_transport=httpx.MockTransport(upstream.handle))
-        with TestClient(app) as client:
+    with mock_tgi() as aligner_server, serve_upstream(scripted):
+        options.setdefault("upstream", scripted.url)
+        config = GatewayConfig(aligner_urls=["http://mock-tgi"], **options)
+        with TestClient(create_gateway_app(config)) as client:
             yield client, aligner_server
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import httpx2
 import pytest
 from gateway_fakes import (
@@ -13,6 +12,7 @@ from gateway_fakes import (
     MESSAGES,
     TOOL_CALL,
     USAGE,
+    Reply,
     ScriptedUpstream,
     completion,
     expected,
@@ -168,8 +168,9 @@ def test_early_stream_policy_aligns_the_prefix_and_stops_the_upstream() -> None:
     assert text == want.text
     assert chunks[-1]["diffpo"]["draft"] == "Seven is a prime"
     # role + 4 words were read, then the upstream stream was closed.
-    assert (upstream.pulled, upstream.closed) == (5, True)
-    assert len(events) > 5
+    # role + 4 words were enough; the upstream saw the client leave before the end of its answer.
+    assert upstream.closed
+    assert upstream.written < len(events)
 
 
 def test_streamed_tool_calls_are_forwarded_event_for_event() -> None:
@@ -196,7 +197,7 @@ def test_upstream_openai_error_is_forwarded_with_its_status() -> None:
     error = {
         "error": {"message": "model 'x' not found", "type": "invalid_request_error", "param": "model", "code": None}
     }
-    with gateway(ScriptedUpstream([httpx.Response(404, json=error)])) as (client, _):
+    with gateway(ScriptedUpstream([Reply(404, error)])) as (client, _):
         response = client.post(CHAT, json={"messages": MESSAGES, "model": "x"})
         streamed = client.post(CHAT, json={"messages": MESSAGES, "model": "x", "stream": True})
     assert (response.status_code, response.json()) == (404, error)
@@ -205,41 +206,37 @@ def test_upstream_openai_error_is_forwarded_with_its_status() -> None:
 
 def test_upstream_tgi_error_is_wrapped_in_openai_shape() -> None:
     tgi = {"error": "Input validation error: too long", "error_type": "validation"}
-    with gateway(ScriptedUpstream([httpx.Response(422, json=tgi)])) as (client, _):
+    upstream = ScriptedUpstream([Reply(422, tgi)])
+    with gateway(upstream) as (client, _):
         response = client.post(CHAT, json={"messages": MESSAGES})
     assert response.status_code == 422
     assert response.json()["error"] == {
-        "message": "the upstream http://upstream.test/v1 answered HTTP 422: Input validation error: too long",
+        "message": f"the upstream {upstream.url} answered HTTP 422: Input validation error: too long",
         "type": "validation",
         "param": None,
         "code": "422",
     }
 
 
-@pytest.mark.parametrize(
-    ("exc", "status", "kind", "message"),
-    [
-        (
-            httpx.ConnectError("refused"),
-            502,
-            "upstream_unreachable",
-            "could not reach the upstream http://upstream.test/v1: refused",
-        ),
-        (
-            httpx.ReadTimeout("slow"),
-            504,
-            "upstream_timeout",
-            "the upstream http://upstream.test/v1 did not answer in time (ReadTimeout)",
-        ),
-    ],
-)
-def test_unreachable_upstream_is_a_502_or_504_naming_it(exc: Exception, status: int, kind: str, message: str) -> None:
-    with gateway(ScriptedUpstream([exc])) as (client, _):
+def test_unreachable_upstream_is_a_502_naming_it(dead_url: str) -> None:
+    with gateway(ScriptedUpstream([completion([DRAFT])]), upstream=dead_url) as (client, _):
         for stream in (False, True):
             response = client.post(CHAT, json={"messages": MESSAGES, "stream": stream})
-            assert response.status_code == status
-            assert response.json()["error"]["type"] == kind
-            assert response.json()["error"]["message"] == message
+            assert response.status_code == 502
+            error = response.json()["error"]
+            assert error["type"] == "upstream_unreachable"
+            assert error["message"].startswith(f"could not reach the upstream {dead_url}/v1: ")
+
+
+def test_slow_upstream_is_a_504_naming_it() -> None:
+    upstream = ScriptedUpstream([Reply(200, completion([DRAFT]), delay=2.0)])
+    with gateway(upstream, upstream_timeout=0.3) as (client, _):
+        response = client.post(CHAT, json={"messages": MESSAGES})
+    assert response.status_code == 504
+    assert (
+        response.json()["error"]["message"]
+        == f"the upstream {upstream.url} did not answer in time (SocketTimeoutError)"
+    )
 
 
 def _dead(aligner_server: Any) -> None:
@@ -293,7 +290,7 @@ def test_client_key_is_required_and_the_upstream_key_is_sent() -> None:
         ok = client.post(CHAT, json={"messages": MESSAGES}, headers={"Authorization": "Bearer client-key"})
     assert (refused.status_code, wrong.status_code, ok.status_code) == (401, 401, 200)
     assert refused.json()["error"]["code"] == "invalid_api_key"
-    sent = [r.headers.get("authorization") for r in upstream.requests]
+    sent = [r.headers.get("Authorization") for r in upstream.requests]
     assert sent == ["Bearer upstream-key"]
 
 
@@ -301,17 +298,18 @@ def test_forward_authorization_sends_the_clients_header_upstream() -> None:
     upstream = ScriptedUpstream([completion([DRAFT])])
     with gateway(upstream, forward_authorization=True, upstream_api_key="unused") as (client, _):
         client.post(CHAT, json={"messages": MESSAGES}, headers={"Authorization": "Bearer user-key"})
-    assert upstream.requests[0].headers["authorization"] == "Bearer user-key"
+    assert upstream.requests[0].headers["Authorization"] == "Bearer user-key"
 
 
 def test_models_are_proxied_and_health_reports_both_legs() -> None:
-    with gateway(ScriptedUpstream([completion([DRAFT])])) as (client, _):
+    upstream = ScriptedUpstream([completion([DRAFT])])
+    with gateway(upstream) as (client, _):
         models = client.get("/v1/models").json()
         health = client.get("/health")
     assert models == {"object": "list", "data": [{"id": "up", "object": "model"}]}
     assert health.status_code == 200
     body = health.json()
-    assert body["upstream"] == {"url": "http://upstream.test/v1", "ok": True, "status": 200}
+    assert body["upstream"] == {"url": upstream.url, "ok": True, "status": 200}
     assert body["aligner"] == {"endpoint": "http://mock-tgi", "ok": True}
 
 
