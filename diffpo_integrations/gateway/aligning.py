@@ -91,7 +91,9 @@ def plan_request(
         (True, 3, 64, False)
     """
     upstream_body = {k: v for k, v in body.items() if k != "diffpo"}
-    options = body.get("diffpo") or {}
+    options = body.get("diffpo")
+    if options is None:
+        options = {}
     if not isinstance(options, Mapping):
         msg = '\'diffpo\' must be an object such as {"align": false} or {"keep_prefix_tokens": 4}'
         raise InputError(msg)
