@@ -34,7 +34,9 @@ def agent_llm() -> ScriptedChatModel:
 # The aligner sees the tool result folded into the user turn it answers.
 AGENT_CONVERSATION = [
     Message(role="system", content=SYSTEM),
-    Message(role="user", content="Weather in Paris?\n\nTool result (get_weather): Sunny in Paris, 21 C."),
+    Message(
+        role="user", content='Weather in Paris?\n\nTool result (get_weather {"city": "Paris"}): Sunny in Paris, 21 C.'
+    ),
 ]
 
 

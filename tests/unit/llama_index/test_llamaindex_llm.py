@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from llama_index.core import PromptTemplate, Settings, SummaryIndex
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole, ToolCallBlock
@@ -17,6 +18,7 @@ from llama_index.core.tools import FunctionTool
 from llamaindex_fakes import DraftLLM, FakeAligner, draft_for
 from pydantic import BaseModel
 
+from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.llama_index import DiffPOFunctionCallingLLM, DiffPOLLM
 
 USER = [ChatMessage(role="user", content="Name a prime.")]
@@ -88,7 +90,13 @@ def test_metadata_and_prompt_settings_mirror_the_inner_llm(aligner: FakeAligner)
     assert llm.system_prompt == "Be brief."
     assert llm.callback_manager is inner.callback_manager
     assert type(llm) is DiffPOLLM
-    assert not isinstance(llm, FunctionCallingLLM)
+    # One class for every inner LLM: tools need a function-calling one, and say so.
+    assert isinstance(llm, FunctionCallingLLM)
+    assert llm.metadata.is_function_calling_model is False
+    with pytest.raises(
+        ConfigurationError, match=r"^the wrapped DraftLLM is not a FunctionCallingLLM, so it cannot call tools"
+    ):
+        llm.chat_with_tools([FunctionTool.from_defaults(multiply)], "What is 6 times 7?")
     assert DiffPOLLM.class_name() == "DiffPOLLM"
 
 
@@ -189,7 +197,8 @@ async def test_function_agent_final_answer_is_aligned(aligner: FakeAligner) -> N
     result = await handler
     assert len(aligner.requests) == 1
     assert aligner.requests[0].draft == "The product is 42."
-    assert [(m.role, m.content) for m in aligner.requests[0].messages] == [("user", "What is 6 times 7?")]
-    assert result.response.content == _expected("What is 6 times 7?", "The product is 42.")
+    grounded = 'What is 6 times 7?\n\nTool result (multiply {"a": 6, "b": 7}): 42'
+    assert [(m.role, m.content) for m in aligner.requests[0].messages] == [("user", grounded)]
+    assert result.response.content == _expected(grounded, "The product is 42.")
     assert "".join(deltas) == result.response.content
     assert len(deltas) > 1
