@@ -9,11 +9,19 @@ from typing import Any
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables.config import (
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+    set_config_context,
+)
+from langchain_core.runnables.utils import coro_with_context
 
 from diffpo_integrations.core.aligner import Aligner
 from diffpo_integrations.core.types import AlignResult, FailPolicy
 from diffpo_integrations.langchain._convert import has_tool_calls
 from diffpo_integrations.langchain._engine import FAIL_OPEN_EVENT, AlignerSettings, Alignment
+from diffpo_integrations.langchain._runs import NOSTREAM_TAG, TracedAligner
 
 __all__ = ["DiffPOMiddleware"]
 
@@ -38,6 +46,15 @@ def _final_answer(response: ModelResponse[Any]) -> tuple[int, AIMessage] | None:
         if isinstance(message, AIMessage):
             return None if has_tool_calls(message) else (i, message)
     return None
+
+
+def _hidden(config: RunnableConfig) -> RunnableConfig:
+    """The model node's config, with the model's own tokens left out of LangGraph's ``messages`` stream.
+
+    A final answer streams as the aligner's tokens instead; a tool-calling turn reaches the stream
+    once, as the node's output message.
+    """
+    return {**config, "tags": [*config.get("tags", []), NOSTREAM_TAG]}
 
 
 def _replace(response: ModelResponse[Any], index: int, aligned: AIMessage) -> ModelResponse[Any]:
@@ -119,13 +136,18 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any]:
-        """Call the model, then align its answer if it is a final answer."""
-        response = handler(request)
+        """Call the model (its tokens hidden from LangGraph's stream), then align a final answer."""
+        config = ensure_config()
+        with set_config_context(_hidden(config)) as context:
+            response = context.run(handler, request)
         found = _final_answer(response)
         if found is None:
             return response
         index, draft = found
-        aligned = self.alignment.align(self._conversation(request), draft, _notify)
+        traced = TracedAligner(
+            self.alignment.aligner, manager=get_callback_manager_for_config(config), message_id=draft.id
+        )
+        aligned = self.alignment.align(self._conversation(request), draft, _notify, aligner=traced)
         return _replace(response, index, aligned)
 
     async def awrap_model_call(
@@ -134,10 +156,15 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any]:
         """Async :meth:`wrap_model_call`."""
-        response = await handler(request)
+        config = ensure_config()
+        with set_config_context(_hidden(config)) as context:
+            response = await coro_with_context(handler(request), context)
         found = _final_answer(response)
         if found is None:
             return response
         index, draft = found
-        aligned = await self.alignment.aalign(self._conversation(request), draft, _anotify)
+        traced = TracedAligner(
+            self.alignment.aligner, amanager=get_async_callback_manager_for_config(config), message_id=draft.id
+        )
+        aligned = await self.alignment.aalign(self._conversation(request), draft, _anotify, aligner=traced)
         return _replace(response, index, aligned)
