@@ -19,7 +19,7 @@ from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.utils import from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from diffpo_integrations.core.aligner import Aligner
+from diffpo_integrations.core.aligner import Aligner, check_aligner
 from diffpo_integrations.core.errors import (
     AlignerError,
     ConfigurationError,
@@ -81,6 +81,11 @@ class AlignerSettings(BaseModel):
     """``"closed"`` raises the aligner's typed error; ``"open"`` returns the draft, flagged, and warns."""
     stream_policy: StreamPolicy = "full_draft"
     """``"full_draft"`` waits for the whole draft; ``"early"`` starts once the kept prefix has arrived."""
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        # Checked before pydantic, which would wrap the ConfigurationError in a ValidationError.
+        check_aligner(data.get("aligner"))
+        super().__init__(*args, **data)
 
     _alignment: Alignment | None = PrivateAttr(default=None)
     _alignment_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)

@@ -19,7 +19,7 @@ from langchain_fakes import DRAFT, USAGE, EchoAligner, ScriptedChatModel, draft_
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.message import add_messages
 
-from diffpo_integrations.core.errors import ConversationNotFoundError
+from diffpo_integrations.core.errors import ConfigurationError, ConversationNotFoundError
 from diffpo_integrations.core.types import Message
 from diffpo_integrations.langchain import ChatDiffPO, DiffPOAlign, DiffPOMiddleware
 
@@ -217,3 +217,17 @@ def test_aligner_call_is_a_child_model_run_and_usage_counts_once(aligner: EchoAl
         "fake-base": {**USAGE},
         "fake://echo": {"input_tokens": 2, "output_tokens": 7, "total_tokens": 9},
     }
+
+
+# -- aligner="http://..." ------------------------------------------------------------------------
+
+URL_ERROR = r"^aligner='http://127\.0\.0\.1:8080' is a URL, not an aligner: pass aligner=TGIAligner\('http://127\.0\.0\.1:8080'\)"
+
+
+def test_a_url_string_as_aligner_names_tgialigner() -> None:
+    with pytest.raises(ConfigurationError, match=URL_ERROR):
+        DiffPOAlign(aligner="http://127.0.0.1:8080")
+    with pytest.raises(ConfigurationError, match=URL_ERROR):
+        ChatDiffPO(llm=agent_model(), aligner="http://127.0.0.1:8080")
+    with pytest.raises(ConfigurationError, match=URL_ERROR):
+        DiffPOMiddleware("http://127.0.0.1:8080")  # type: ignore[arg-type]

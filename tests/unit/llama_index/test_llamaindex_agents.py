@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from llama_index.core import Settings, SummaryIndex
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import (
@@ -26,9 +27,19 @@ from llama_index.core.selectors import LLMSingleSelector
 from llama_index.core.tools import FunctionTool, QueryEngineTool
 from llamaindex_fakes import FakeAligner
 from pydantic import BaseModel, Field
+from workflows import Workflow, step
+from workflows.events import StartEvent, StopEvent
 
-from diffpo_integrations.core import Message
-from diffpo_integrations.llama_index import DiffPOLLM
+from diffpo_integrations.core import ConfigurationError, Message
+from diffpo_integrations.llama_index import (
+    AlignedDraftEvent,
+    DiffPOAlignAndContinue,
+    DiffPOAlignStep,
+    DiffPOLLM,
+    DiffPOQueryEngine,
+    DiffPOResponsePostprocessor,
+    DraftAnswerEvent,
+)
 
 QUESTION = "What is 6 times 7?"
 ANSWER = "The product of 6 and 7 is 42."
@@ -186,3 +197,54 @@ async def test_react_agent_aligns_only_the_final_answer(aligner: FakeAligner) ->
     result = await agent.run(QUESTION)
     assert [(r.messages, r.draft) for r in aligner.requests] == [(GROUNDED, ANSWER)]
     assert result.response.content == aligner.align(GROUNDED, ANSWER).text
+
+
+# -- smaller fixes -----------------------------------------------------------------------------
+
+URL_ERROR = r"^aligner='http://127\.0\.0\.1:8080' is a URL, not an aligner: pass aligner=TGIAligner\('http://127\.0\.0\.1:8080'\)"
+
+
+def test_a_url_string_as_aligner_names_tgialigner(index: SummaryIndex) -> None:
+    with pytest.raises(ConfigurationError, match=URL_ERROR):
+        DiffPOLLM(llm=RoutingLLM(), aligner="http://127.0.0.1:8080")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=URL_ERROR):
+        DiffPOQueryEngine(index.as_query_engine(), aligner="http://127.0.0.1:8080")  # type: ignore[arg-type]
+
+
+async def test_draft_event_takes_chat_messages_with_tool_results(aligner: FakeAligner) -> None:
+    class Flow(DiffPOAlignStep, Workflow):
+        @step
+        async def draft(self, ev: StartEvent) -> DraftAnswerEvent:
+            history = [
+                ChatMessage(role="user", content=QUESTION),
+                _policy([]),
+                ChatMessage(role="tool", content="42", additional_kwargs={"tool_call_id": "call-1"}),
+            ]
+            return DraftAnswerEvent(messages=history, draft=ANSWER)
+
+    result = await Flow(aligner=aligner, stream_alignment=False).run()
+    assert [r.messages for r in aligner.requests] == [GROUNDED]
+    assert result.text == aligner.align(GROUNDED, ANSWER).text
+
+
+async def test_aligned_answer_can_go_to_a_later_step(aligner: FakeAligner) -> None:
+    class Flow(DiffPOAlignAndContinue, Workflow):
+        @step
+        async def draft(self, ev: StartEvent) -> DraftAnswerEvent:
+            return DraftAnswerEvent(query=QUESTION, draft=ANSWER)
+
+        @step
+        async def cite(self, ev: AlignedDraftEvent) -> StopEvent:
+            return StopEvent(result=f"{ev.text} [source: calculator]")
+
+    result = await Flow(aligner=aligner).run()
+    expected = aligner.align([("user", QUESTION)], ANSWER).text
+    assert result == f"{expected} [source: calculator]"
+
+
+def test_response_postprocessor_in_node_postprocessors_says_where_it_goes(
+    aligner: FakeAligner, index: SummaryIndex
+) -> None:
+    engine = index.as_query_engine(node_postprocessors=[DiffPOResponsePostprocessor(aligner)])
+    with pytest.raises(ConfigurationError, match=r"^DiffPOResponsePostprocessor aligns answers, not retrieved nodes"):
+        engine.query(QUESTION)
