@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
 from langchain_core.callbacks.manager import (
@@ -44,6 +44,7 @@ __all__ = [
     "achild_manager",
     "aligner_usage",
     "child_manager",
+    "inherit",
 ]
 
 ALIGNER_RUN_NAME = "DiffPOAligner"
@@ -55,22 +56,25 @@ NOSTREAM_TAG = "nostream"
 """LangGraph leaves the tokens of runs with this tag out of the ``messages`` stream."""
 
 
+_M = TypeVar("_M", CallbackManager, AsyncCallbackManager)
+
+
+def inherit(manager: _M, parent: RunManager | AsyncRunManager | CallbackManager) -> _M:
+    """``manager`` with what ``parent`` passes on to children: handlers, tags and metadata."""
+    manager.set_handlers(parent.inheritable_handlers)
+    manager.add_tags(parent.inheritable_tags)
+    manager.add_metadata(parent.inheritable_metadata)
+    return manager
+
+
 def child_manager(run_manager: RunManager) -> CallbackManager:
     """The manager of a run's children: what ``get_child`` gives, for model runs that lack it."""
-    manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager
+    return inherit(CallbackManager(handlers=[], parent_run_id=run_manager.run_id), run_manager)
 
 
 def achild_manager(run_manager: AsyncRunManager) -> AsyncCallbackManager:
     """Async :func:`child_manager`."""
-    manager = AsyncCallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager
+    return inherit(AsyncCallbackManager(handlers=[], parent_run_id=run_manager.run_id), run_manager)
 
 
 def _model_name(aligner: Aligner) -> str:
@@ -125,6 +129,8 @@ class TracedAligner:
 
     def __getattr__(self, name: str) -> Any:
         # endpoint, keep_prefix_tokens, prefix_sampling: the aligner's own settings.
+        if name == "aligner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.aligner, name)
 
     # -- run bookkeeping ----------------------------------------------------------------------

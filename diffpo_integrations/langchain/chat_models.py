@@ -32,6 +32,7 @@ from diffpo_integrations.langchain._runs import (
     TracedAligner,
     achild_manager,
     child_manager,
+    inherit,
 )
 
 __all__ = ["ChatDiffPO"]
@@ -72,13 +73,10 @@ no run manager): :meth:`ChatDiffPO.stream` picks the run id, so it knows the par
 
 def _children(config: RunnableConfig, run_id: UUID) -> tuple[CallbackManager, AsyncCallbackManager]:
     parent = get_callback_manager_for_config(config)
-    sync = CallbackManager(handlers=[], parent_run_id=run_id)
-    asynchronous = AsyncCallbackManager(handlers=[], parent_run_id=run_id)
-    for manager in (sync, asynchronous):
-        manager.set_handlers(parent.inheritable_handlers)
-        manager.add_tags(parent.inheritable_tags)
-        manager.add_metadata(parent.inheritable_metadata)
-    return sync, asynchronous
+    return (
+        inherit(CallbackManager(handlers=[], parent_run_id=run_id), parent),
+        inherit(AsyncCallbackManager(handlers=[], parent_run_id=run_id), parent),
+    )
 
 
 def _tagged(manager: _Manager) -> RunnableConfig:

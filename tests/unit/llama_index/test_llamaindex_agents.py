@@ -14,8 +14,6 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseGen,
     LLMMetadata,
-    MessageRole,
-    ToolCallBlock,
 )
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.llms import CustomLLM
@@ -25,7 +23,7 @@ from llama_index.core.program import LLMTextCompletionProgram
 from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.selectors import LLMSingleSelector
 from llama_index.core.tools import FunctionTool, QueryEngineTool
-from llamaindex_fakes import FakeAligner
+from llamaindex_fakes import FakeAligner, multiply, tool_then_answer
 from pydantic import BaseModel, Field
 from workflows import Workflow, step
 from workflows.events import StartEvent, StopEvent
@@ -42,27 +40,14 @@ from diffpo_integrations.llama_index import (
 )
 
 QUESTION = "What is 6 times 7?"
-ANSWER = "The product of 6 and 7 is 42."
-
-
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers."""
-    return a * b
-
-
-def _policy(messages: list[ChatMessage], **kwargs: Any) -> ChatMessage:
-    results = [m for m in messages if m.role == MessageRole.TOOL]
-    if results:
-        return ChatMessage(role="assistant", content=f"The product of 6 and 7 is {results[-1].content}.")
-    call = ToolCallBlock(tool_call_id="call-1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})
-    return ChatMessage(role="assistant", blocks=[call])
+ANSWER = "The product is 42."
 
 
 GROUNDED = [Message(role="user", content=f'{QUESTION}\n\nTool result (multiply {{"a": 6, "b": 7}}): 42')]
 
 
 async def test_function_agent_shows_the_tool_result_to_the_aligner(aligner: FakeAligner) -> None:
-    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=_policy), aligner=aligner)
+    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=tool_then_answer), aligner=aligner)
     agent = FunctionAgent(tools=[FunctionTool.from_defaults(multiply)], llm=llm)
     result = await agent.run(QUESTION)
     assert [(r.messages, r.draft) for r in aligner.requests] == [(GROUNDED, ANSWER)]
@@ -70,11 +55,11 @@ async def test_function_agent_shows_the_tool_result_to_the_aligner(aligner: Fake
 
 
 def test_chat_history_with_tool_turns_keeps_the_results(aligner: FakeAligner) -> None:
-    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=_policy), aligner=aligner)
+    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=tool_then_answer), aligner=aligner)
     history = [
         ChatMessage(role="system", content="Use tools."),
         ChatMessage(role="user", content=QUESTION),
-        _policy([]),
+        tool_then_answer([]),
         ChatMessage(role="tool", content="42", additional_kwargs={"tool_call_id": "call-1"}),
     ]
     llm.chat(history)
@@ -217,7 +202,7 @@ async def test_draft_event_takes_chat_messages_with_tool_results(aligner: FakeAl
         async def draft(self, ev: StartEvent) -> DraftAnswerEvent:
             history = [
                 ChatMessage(role="user", content=QUESTION),
-                _policy([]),
+                tool_then_answer([]),
                 ChatMessage(role="tool", content="42", additional_kwargs={"tool_call_id": "call-1"}),
             ]
             return DraftAnswerEvent(messages=history, draft=ANSWER)
