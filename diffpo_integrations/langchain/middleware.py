@@ -21,7 +21,7 @@ from diffpo_integrations.core.aligner import Aligner
 from diffpo_integrations.core.types import AlignResult, FailPolicy
 from diffpo_integrations.langchain._convert import has_tool_calls
 from diffpo_integrations.langchain._engine import FAIL_OPEN_EVENT, AlignerSettings, Alignment
-from diffpo_integrations.langchain._runs import NOSTREAM_TAG, TracedAligner
+from diffpo_integrations.langchain._runs import DRAFT_TAG, NOSTREAM_TAG, TracedAligner
 
 __all__ = ["DiffPOMiddleware"]
 
@@ -52,9 +52,9 @@ def _hidden(config: RunnableConfig) -> RunnableConfig:
     """The model node's config, with the model's own tokens left out of LangGraph's ``messages`` stream.
 
     A final answer streams as the aligner's tokens instead; a tool-calling turn reaches the stream
-    once, as the node's output message.
+    once, as the node's output message. ``diffpo:draft`` marks the tokens in ``astream_events``.
     """
-    return {**config, "tags": [*config.get("tags", []), NOSTREAM_TAG]}
+    return {**config, "tags": [*config.get("tags", []), NOSTREAM_TAG, DRAFT_TAG]}
 
 
 def _replace(response: ModelResponse[Any], index: int, aligned: AIMessage) -> ModelResponse[Any]:

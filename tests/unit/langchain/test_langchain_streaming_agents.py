@@ -106,6 +106,17 @@ async def test_astream_events_tell_draft_tokens_from_aligned_ones(aligner: EchoA
     assert aligned == echo_text([Message(role="user", content="Name a prime.")], DRAFT, 2)
 
 
+async def test_middleware_astream_events_tell_draft_tokens_from_aligned_ones(aligner: EchoAligner) -> None:
+    agent = create_agent(agent_model(), [get_weather], middleware=[DiffPOMiddleware(aligner)])
+    draft, aligned = "", ""
+    async for event in agent.astream_events({"messages": [HumanMessage(content=QUESTION)]}, version="v2"):
+        if event["event"] == "on_chat_model_stream" and "diffpo:draft" in event["tags"]:
+            draft += event["data"]["chunk"].text
+        elif event["event"] == "on_chat_model_stream" and "diffpo:aligner" in event["tags"]:
+            aligned += event["data"]["chunk"].text
+    assert (draft, aligned) == (DRAFT, ALIGNED)
+
+
 def align_graph(model_answer: AIMessage, aligner: EchoAligner) -> Any:
     graph = StateGraph(MessagesState)
     graph.add_node("model", lambda state: {"messages": [model_answer]})
