@@ -153,9 +153,14 @@ class DiffPOAlign(AlignerSettings, RunnableSerializable[Any, Any]):
     """Align a chat model's answer with DiffPO, as one step of a LangChain chain.
 
     The step finds the conversation that produced the draft by itself (prompt capture from the
-    run tree), so ``prompt | llm | DiffPOAlign()`` needs nothing else. Tool-calling messages pass
-    through unaligned. The aligned ``AIMessage`` keeps the draft's id, tool calls, usage and
+    run tree), so ``prompt | llm | DiffPOAlign()`` needs nothing else; it raises
+    ``ConversationNotFoundError`` rather than guess between several models. Tool-calling messages
+    pass through unaligned. The aligned ``AIMessage`` keeps the draft's id, tool calls, usage and
     response metadata, and adds ``response_metadata["diffpo"]`` (``AlignResult.metadata()``).
+    As a LangGraph node (input ``{"messages": [..., AIMessage]}``) it returns an update only: the
+    draft removed and the aligned message added under the id ``<draft id>-aligned`` (so the
+    ``messages`` stream mode shows it, token by token), or ``{}`` for a tool-calling turn or an
+    answer aligned already. The aligner call runs as a child model run ``DiffPOAligner``.
 
     Setup:
         .. code-block:: bash

@@ -101,9 +101,15 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
 
     The aligner sees exactly the messages sent to the model (system, human and AI turns, earlier
     AI answers as the base model gave them, as the official MT-bench inference does). Answers with
-    tool calls, and ``with_structured_output``, pass through unaligned. Usage and response
-    metadata of the wrapped model are kept; DiffPO's are added under ``response_metadata["diffpo"]``.
+    tool calls, and ``with_structured_output``, pass through unaligned. Response metadata of the
+    wrapped model is kept; DiffPO's is added under ``response_metadata["diffpo"]``.
     ``_llm_type``, ``_identifying_params`` and the LangSmith params are the wrapped model's.
+
+    The wrapped model and the aligner run as child runs of this one: the wrapped model's tagged
+    ``nostream`` and ``diffpo:draft`` (LangGraph's ``messages`` mode shows only the aligned
+    tokens, and tool-call chunks once), the aligner's as a model call ``DiffPOAligner``. Each
+    reports its own tokens, so this model's message carries no ``usage_metadata``: a trace
+    counts each token once (``get_usage_metadata_callback()`` gives the totals per model).
 
     Setup:
         .. code-block:: bash

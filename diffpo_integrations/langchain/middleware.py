@@ -67,8 +67,10 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
 
     It wraps each model call (``wrap_model_call`` / ``awrap_model_call``): a response without tool
     calls or structured output is the final answer, and is aligned against the conversation the
-    model saw (system prompt, user turns, earlier answers, and tool results folded into the user
-    turn they answer).
+    model saw (system prompt, user turns, earlier answers, and tool calls with their results
+    folded into the user turn they serve). The model call is tagged ``nostream``: in LangGraph's
+    ``messages`` mode the final answer streams as the aligner's tokens (a ``DiffPOAligner`` model
+    run), a tool-calling turn once as the node's message.
 
     Setup:
         .. code-block:: bash
@@ -98,8 +100,8 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
     Stream:
         .. code-block:: python
 
-            for update in agent.stream({"messages": [("user", "Weather in Paris?")]}, stream_mode="updates"):
-                print(update)   # the model node's update holds the aligned answer
+            for message, meta in agent.stream({"messages": [("user", "Weather in Paris?")]}, stream_mode="messages"):
+                print(message.text, end="")   # the aligned answer's tokens; the draft's are hidden
 
     Async:
         .. code-block:: python
