@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from diffpo_integrations.core.aligner import BaseAligner
+from diffpo_integrations.core.conversation import ToolCall, Turn, build_conversation
 from diffpo_integrations.core.errors import ConfigurationError, DiffPOError, InputError
 from diffpo_integrations.core.types import AlignResult, FailPolicy, Message
 
@@ -27,36 +29,44 @@ def conversation_from_openai(messages: list[Any]) -> list[Message]:
     """The conversation the aligner sees, from an OpenAI ``messages`` list.
 
     ``developer`` turns count as ``system``; text parts of multi-part content are joined; image and
-    audio parts are left out (the aligner reads text). Tool calls and tool results are rendered as
-    text turns, so an answer grounded in a tool result is aligned with that result in view.
+    audio parts are left out (the aligner reads text). Tool calls and tool results follow the one rule
+    of :func:`~diffpo_integrations.core.conversation.build_conversation`: a tool-calling turn is
+    dropped and each result joins the user turn it serves, so an answer grounded in a tool result is
+    aligned with that result in view.
 
     Raises:
-        InputError: a message is not an object with a ``role``.
+        InputError: a message is not an object with a known ``role``.
     """
-    out: list[Message] = []
+    turns: list[Turn] = []
     for i, raw in enumerate(messages):
         if not isinstance(raw, Mapping) or not isinstance(raw.get("role"), str):
             msg = f"messages[{i}] must be an object with a 'role'"
             raise InputError(msg)
-        role = raw["role"]
-        text = _text(raw.get("content"))
+        role, text = raw["role"], _text(raw.get("content"))
         if role in ("system", "developer"):
-            out.append(Message(role="system", content=text))
-        elif role == "user":
-            out.append(Message(role="user", content=text))
-        elif role == "assistant":
-            calls = [_call_text(c) for c in raw.get("tool_calls") or []]
-            body = "\n".join(part for part in [text, *calls] if part)
-            out.append(Message(role="assistant", content=body))
+            turns.append(Turn("system", text))
+        elif role in ("user", "assistant"):
+            calls = tuple(_tool_call(c) for c in raw.get("tool_calls") or [] if isinstance(c, Mapping))
+            turns.append(Turn(role, text, tool_calls=calls))
         elif role in ("tool", "function"):
-            name = raw.get("name") or raw.get("tool_call_id") or "tool"
-            out.append(Message(role="user", content=f"[tool result {name}]\n{text}"))
-    return out
+            turns.append(Turn("tool", text, tool_call_id=raw.get("tool_call_id"), name=raw.get("name")))
+        else:
+            msg = f"messages[{i}] has role {role!r}; OpenAI's roles are system, developer, user, assistant and tool"
+            raise InputError(msg)
+    return build_conversation(turns)
 
 
-def _call_text(call: Any) -> str:
-    fn = call.get("function", {}) if isinstance(call, Mapping) else {}
-    return f"[tool call {fn.get('name', '?')}({fn.get('arguments', '')})]"
+def _tool_call(call: Mapping[str, Any]) -> ToolCall:
+    fn = call.get("function") or {}
+    arguments = fn.get("arguments", "")
+    try:
+        # OpenAI sends the arguments as JSON text: parsed, they render as every integration renders them.
+        parsed = json.loads(arguments) if isinstance(arguments, str) and arguments else {}
+    except ValueError:
+        parsed = arguments
+    return ToolCall(
+        str(fn.get("name", "tool")), parsed if isinstance(parsed, dict | str) else arguments, call.get("id")
+    )
 
 
 @dataclass(frozen=True)

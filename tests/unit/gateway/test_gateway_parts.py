@@ -53,19 +53,22 @@ def test_conversation_renders_roles_parts_and_tools() -> None:
         },
         {
             "role": "assistant",
-            "content": None,
-            "tool_calls": [{"function": {"name": "weather", "arguments": '{"city":"Paris"}'}}],
+            "content": "Let me check.",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}
+            ],
         },
-        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C, sunny"},
     ]
+    # The same conversation every integration builds for this history (core.build_conversation).
     assert conversation_from_openai(messages) == [
         Message(role="system", content="Be brief."),
-        Message(role="user", content="Weather in Paris?"),
-        Message(role="assistant", content='[tool call weather({"city":"Paris"})]'),
-        Message(role="user", content="[tool result call_1]\n18 C, sunny"),
+        Message(role="user", content='Weather in Paris?\n\nTool result (weather {"city": "Paris"}): 18 C, sunny'),
     ]
     with pytest.raises(InputError, match=r"messages\[0\] must be an object with a 'role'"):
         conversation_from_openai(["hi"])
+    with pytest.raises(InputError, match=r"messages\[0\] has role 'robot'"):
+        conversation_from_openai([{"role": "robot", "content": "beep"}])
 
 
 @pytest.mark.parametrize(
