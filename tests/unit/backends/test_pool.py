@@ -9,11 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx2
-import huggingface_hub
 import pytest
 
 from diffpo_integrations.backends import AlignerPool, TGIAligner
-from diffpo_integrations.backends.testing import MockTGIServer, mock_tgi
+from diffpo_integrations.backends.testing import MockTGIServer, mock_transport
 from diffpo_integrations.core import (
     AlignerConnectionError,
     AlignerError,
@@ -98,10 +97,7 @@ def replicas(**hosts: MockTGIServer | None) -> Iterator[dict[str, MockTGIServer 
             raise httpx2.ConnectError("connection refused", request=request)
         return server.handle(request)
 
-    transport = httpx2.MockTransport(handle)
-    with mock_tgi():  # restores the default client factories on exit
-        huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
-        huggingface_hub.set_async_client_factory(lambda: httpx2.AsyncClient(transport=transport))
+    with mock_transport(handle):
         yield hosts
 
 
@@ -343,10 +339,28 @@ async def test_fail_open_async_and_stream() -> None:
     assert sync_chunks[-1].result.error == "GenerationError: x"
 
 
-def test_client_side_input_errors_raise_even_when_failing_open() -> None:
+def test_client_side_input_errors_come_back_flagged_when_failing_open() -> None:
+    # The same answer as DiffPOAlign(fail_policy="open") and DiffPOAlignment(fail_policy="open") give.
     pool = AlignerPool([Fake("a")], fail_policy="open")
+    result = pool.align([("robot", "Hi")], DRAFT)
+    assert (result.text, result.aligned, result.finish_reason) == (DRAFT, False, "error")
+    assert result.error == "InputError: message 0 has role 'robot'; use 'system', 'user' or 'assistant'"
+    empty = pool.align(MESSAGES, "   ")
+    assert (empty.text, empty.aligned) == ("   ", False)
+    assert empty.error == "InputError: the draft is empty or whitespace: pass the base model's answer text as the draft"
     with pytest.raises(InputError, match="role"):
-        pool.align([("robot", "Hi")], DRAFT)
+        AlignerPool([Fake("a")], fail_policy="closed").align([("robot", "Hi")], DRAFT)
+
+
+async def test_client_side_input_errors_come_back_flagged_from_every_call_style() -> None:
+    pool = AlignerPool([Fake("a")], fail_policy="open")
+    assert (await pool.aalign(MESSAGES, "")).error == (
+        "InputError: the draft is empty or whitespace: pass the base model's answer text as the draft"
+    )
+    chunks = list(pool.stream(MESSAGES, ""))
+    assert [(c.text, c.result.aligned if c.result else None) for c in chunks] == [("", False)]
+    achunks = [c async for c in pool.astream([("robot", "Hi")], DRAFT)]
+    assert [(c.text, c.result.aligned if c.result else None) for c in achunks] == [(DRAFT, False)]
 
 
 async def test_async_deadline_cuts_the_call_and_cancels_the_member() -> None:
@@ -359,7 +373,7 @@ async def test_async_deadline_cuts_the_call_and_cancels_the_member() -> None:
     assert time.monotonic() - started < 2
     assert a.cancelled == 1
     assert pool.stats()["a"].outstanding == 0
-    assert pool.stats()["a"].failures == 0
+    assert pool.stats()["a"].failures == 1  # a member that does not answer in time is a failing member
 
 
 async def test_async_stream_deadline_raises_after_the_first_chunk() -> None:
