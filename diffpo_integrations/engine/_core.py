@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import torch
 
+from diffpo_integrations.core.errors import InputError
+
 __all__ = [
     "DecodeResult",
     "FinishReason",
@@ -76,10 +78,10 @@ def check_decode_args(input_ids: Sequence[int], max_new_tokens: int) -> list[int
     prompt = [int(t) for t in input_ids]
     if not prompt:
         msg = "input_ids must hold at least one token (the model needs a position to predict from)"
-        raise ValueError(msg)
+        raise InputError(msg)
     if max_new_tokens < 0:
         msg = f"max_new_tokens must be >= 0, got {max_new_tokens}"
-        raise ValueError(msg)
+        raise InputError(msg)
     return prompt
 
 

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 
+from diffpo_integrations.core.errors import ConfigurationError
+
 from ._core import (
     DecodeResult,
     Emitter,
@@ -152,10 +154,10 @@ def reference_jacobi(
     prompt = check_decode_args(input_ids, max_new_tokens)
     if block_size < 1:
         msg = f"block_size must be >= 1, got {block_size}"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     if max_iter < 0:
         msg = f"max_iter must be >= 0, got {max_iter}"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     draft = [int(t) for t in draft_ids]
     filler = pad_token_id if pad_token_id is not None else (draft or prompt)[-1]
     emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
@@ -262,4 +264,4 @@ def decode(
             on_token=on_token,
         )
     msg = f"unknown decoding method {method!r}; expected 'auto', 'greedy', 'speculative' or 'jacobi'"
-    raise ValueError(msg)
+    raise ConfigurationError(msg)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
-from diffpo_integrations.server.testing import get_default_engine, serve_in_thread, shared_app
 
 NEW_TOKENS = 40
 
@@ -27,14 +25,8 @@ class Reference:
 
 
 @pytest.fixture(scope="session")
-def loaded() -> Any:
-    return get_default_engine()
-
-
-@pytest.fixture(scope="session")
-def base_url() -> Iterator[str]:
-    with serve_in_thread(shared_app()) as url:
-        yield url
+def base_url(live_url: str) -> str:
+    return live_url
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,71 @@
+"""``LocalAligner``: errors inside the tree, and cancellation that frees the model within one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from server_fakes import tiny_loaded
+
+from diffpo_integrations.backends.local import LocalAligner
+from diffpo_integrations.core import ConfigurationError, DiffPOError, ModelNotFoundError
+
+MESSAGES = [("user", "Name a prime.")]
+DRAFT = "7 is a prime number and it is also odd."
+
+
+def test_a_missing_model_path_raises_inside_the_error_tree() -> None:
+    aligner = LocalAligner(model="/nonexistent")
+    with pytest.raises(ModelNotFoundError, match=r"^model path /nonexistent does not exist$") as info:
+        aligner.align(MESSAGES, DRAFT)
+    assert isinstance(info.value, ConfigurationError)
+    assert isinstance(info.value, DiffPOError)
+    assert isinstance(info.value, FileNotFoundError)  # what callers caught before
+
+
+def slow_local_aligner() -> tuple[LocalAligner, list[float]]:
+    """A tiny random model whose forward passes take 20 ms each, and the times they ran at."""
+    from diffpo_integrations.engine.loading import LoadedModel
+
+    fake = tiny_loaded()
+    passes: list[float] = []
+
+    def pace(*_: Any) -> None:
+        passes.append(time.monotonic())
+        time.sleep(0.02)
+
+    fake.model.register_forward_pre_hook(pace)
+    loaded = LoadedModel(
+        model=fake.model,
+        tokenizer=fake.tokenizer,
+        model_id="tiny",
+        eos_token_ids=[-1],  # never produced: decoding runs to max_new_tokens
+        device=fake.device,
+        dtype=fake.dtype,
+    )
+    return LocalAligner(loaded, method="greedy", max_new_tokens=150), passes
+
+
+@pytest.mark.parametrize("style", ["aalign", "astream"])
+async def test_cancelling_stops_decoding_within_one_forward_pass(style: str) -> None:
+    aligner, passes = slow_local_aligner()
+
+    async def run() -> None:
+        if style == "aalign":
+            await aligner.aalign(MESSAGES, DRAFT)
+        else:
+            async for _ in aligner.astream(MESSAGES, DRAFT):
+                pass
+
+    task = asyncio.create_task(run())
+    while len(passes) < 5:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    at_cancel = len(passes)
+    await asyncio.sleep(0.5)  # 25 more passes would have run had decoding gone on
+    assert len(passes) - at_cancel <= 1
+    assert len(passes) < 150
