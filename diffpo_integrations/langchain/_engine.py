@@ -22,6 +22,7 @@ from diffpo_integrations.core.aligner import Aligner
 from diffpo_integrations.core.errors import ConfigurationError, FailOpenWarning, IncompleteGenerationError
 from diffpo_integrations.core.policy import check_fail_policy, fall_back, falls_back
 from diffpo_integrations.core.types import AlignResult, FailPolicy
+from diffpo_integrations.langchain._capture import install_capture_hook
 from diffpo_integrations.langchain._convert import (
     ConversationLike,
     aligned_message,
@@ -74,6 +75,11 @@ class AlignerSettings(BaseModel):
 
     _alignment: Alignment | None = PrivateAttr(default=None)
     _alignment_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **data: Any) -> None:
+        # The prompt-capture callback joins LangChain's runs when the first component is built.
+        install_capture_hook()
+        super().__init__(**data)
 
     @property
     def alignment(self) -> Alignment:

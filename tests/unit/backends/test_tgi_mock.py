@@ -410,3 +410,21 @@ def test_no_authorization_header_without_a_key() -> None:
     with mock_tgi(align_route=False) as server:
         make(False).align(MESSAGES, DRAFT)
     assert all("authorization" not in r.headers for r in mock_requests(server))
+
+
+def test_mock_tgi_restores_the_client_factory_that_was_there_before() -> None:
+    from diffpo_integrations.backends import _loop
+
+    def custom() -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=httpx2.MockTransport(lambda r: httpx2.Response(503)))
+
+    previous = _loop.set_client_factory(custom)
+    try:
+        with mock_tgi():
+            assert TGIAligner("http://mock-tgi").align(MESSAGES, DRAFT).aligned
+        # The user's own factory is back, not the library default.
+        assert _loop.set_client_factory(custom) is custom
+        with pytest.raises(AlignerConnectionError):
+            TGIAligner("http://mock-tgi", max_retries=0).align(MESSAGES, DRAFT)
+    finally:
+        _loop.set_client_factory(previous)
