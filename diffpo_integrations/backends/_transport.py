@@ -316,11 +316,24 @@ class Transport:
             lambda: self._send(method, path, body, deadline_at, stream=False, ok=ok), self.endpoint, deadline_at
         )
 
-    async def lines(self, method: str, path: str, body: Any = None, *, deadline_at: float | None) -> AsyncIterator[str]:
-        """The answer's lines as they arrive, within ``deadline_at``; retried only before the first byte."""
+    async def lines(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        deadline_at: float | None,
+        headers: dict[str, str] | None = None,
+    ) -> AsyncIterator[str]:
+        """The answer's lines as they arrive, within ``deadline_at``; retried only before the first byte.
+
+        ``headers``, when given, receives the answer's headers before the first line.
+        """
         response = await self.retry.acall(
             lambda: self._send(method, path, body, deadline_at, stream=True), self.endpoint, deadline_at
         )
+        if headers is not None:
+            headers.update(response.headers)
         try:
             lines = response.aiter_lines()
             while True:

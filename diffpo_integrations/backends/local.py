@@ -12,7 +12,7 @@ from typing import Any, Literal
 from diffpo_integrations.core.aligner import DEFAULT_KEEP_PREFIX_TOKENS, DEFAULT_MAX_NEW_TOKENS, BaseAligner
 from diffpo_integrations.core.errors import ConfigurationError, DiffPOError, EngineError
 from diffpo_integrations.core.templates import get_template
-from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, PromptMode
+from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, DecodeMethod, PromptMode
 
 __all__ = ["LocalAligner"]
 
@@ -71,7 +71,7 @@ class LocalAligner(BaseAligner):
         prompt_mode: PromptMode = "official",
         prefix_sampling: Literal["fixed", "paper"] = "fixed",
         seed: int = 0,
-        method: Literal["auto", "greedy", "speculative", "jacobi"] = "auto",
+        method: DecodeMethod = "auto",
         block_size: int = 32,
         max_iter: int = 1000,
         device: str | None = None,

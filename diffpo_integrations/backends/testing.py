@@ -56,11 +56,13 @@ class MockTGIServer:
         align_route: offer ``/diffpo/align`` in ``/info`` (as ``diffpo serve`` does); ``False``
             imitates a plain TGI.
         failures: HTTP statuses to answer, one per request, before answering normally
-            (429 carries ``Retry-After: 0``).
+            (429 carries ``Retry-After:`` :attr:`retry_after`).
     """
 
     align_route: bool = True
     failures: list[int] = field(default_factory=list)
+    retry_after: str = "0"
+    """``Retry-After`` sent with a queued 429."""
     requests: list[httpx2.Request] = field(default_factory=list)
 
     # -- routes -------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ class MockTGIServer:
         error_type = {422: "validation", 429: "overloaded", 424: "generation", 500: "incomplete_generation"}.get(
             status, "unknown"
         )
-        headers = {"Retry-After": "0"} if status == 429 else {}
+        headers = {"Retry-After": self.retry_after} if status == 429 else {}
         return httpx2.Response(
             status, json={"error": f"mock failure {status}", "error_type": error_type}, headers=headers
         )

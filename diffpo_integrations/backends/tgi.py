@@ -24,7 +24,14 @@ from diffpo_integrations.core.aligner import (
 from diffpo_integrations.core.errors import ConfigurationError, IncompleteGenerationError
 from diffpo_integrations.core.prompt import AlignPrompt, TokenSpan, assemble_answer, build_prompt, render_texts
 from diffpo_integrations.core.templates import BUILTIN_TEMPLATES, ChatTemplate, get_template
-from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, FinishReason, PromptMode
+from diffpo_integrations.core.types import (
+    AlignChunk,
+    AlignRequest,
+    AlignResult,
+    DecodeMethod,
+    FinishReason,
+    PromptMode,
+)
 
 __all__ = ["DEFAULT_ALIGNER_URL", "TGIAligner", "default_aligner_url"]
 
@@ -122,7 +129,7 @@ class TGIAligner(BaseAligner):
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
         use_align_route: bool | None = None,
-        method: Literal["auto", "greedy", "speculative", "jacobi"] | None = None,
+        method: DecodeMethod | None = None,
     ) -> None:
         super().__init__(
             template=template,
@@ -317,10 +324,12 @@ class TGIAligner(BaseAligner):
     async def _run_stream(self, request: AlignRequest, deadline_at: float | None) -> AsyncIterator[AlignChunk]:
         if self._align_route_from(await self._get_info(deadline_at)):
             body = self._align_body(request, stream=True)
-            async for line in self.transport.lines("POST", "/diffpo/align", body, deadline_at=deadline_at):
+            headers: dict[str, str] = {}
+            lines = self.transport.lines("POST", "/diffpo/align", body, deadline_at=deadline_at, headers=headers)
+            async for line in lines:
                 event = parse_sse_line(line)
                 if event is not None:
-                    yield self._chunk_from_event(request, event, {})
+                    yield self._chunk_from_event(request, event, headers)
             return
         prompt = await self._tokenized_prompt(request, deadline_at)
         answer = AnswerStream(stop=prompt.stop)

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from diffpo_integrations.core.errors import ConfigurationError
+from diffpo_integrations.core.types import DecodeMethod
 
 from ._core import (
+    DecodeFinishReason,
     DecodeResult,
     Emitter,
-    FinishReason,
     TokenCallback,
     check_decode_args,
     full_forward_argmax,
@@ -40,7 +41,7 @@ from .speculation import SpeculationConfig, speculative
 __all__ = [
     "DecodeResult",
     "DecodeMethod",
-    "FinishReason",
+    "DecodeFinishReason",
     "TokenCallback",
     "decode",
     "greedy",
@@ -48,7 +49,6 @@ __all__ = [
     "speculative",
 ]
 
-DecodeMethod = Literal["auto", "greedy", "speculative", "jacobi"]
 """Method names accepted by :func:`decode`."""
 
 

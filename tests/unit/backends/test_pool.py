@@ -246,10 +246,21 @@ def test_last_error_is_raised_when_every_member_fails() -> None:
 # -- circuit breaker and health ------------------------------------------------------------------------------
 
 
+class Clock:
+    """A hand-moved monotonic clock for the circuit breakers' cool-downs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it() -> None:
     down = AlignerConnectionError("down")
     a, b = Fake("a", [down, down]), Fake("b")
-    pool = AlignerPool([a, b], failure_threshold=2, cooldown=0.2, max_retries=0)
+    clock = Clock()
+    pool = AlignerPool([a, b], failure_threshold=2, cooldown=10, max_retries=0, clock=clock)
     for _ in range(4):
         assert pool.align(MESSAGES, DRAFT).endpoint == "b" or len(a.requests) <= 2
     assert pool.stats()["a"].state == "open"
@@ -257,7 +268,9 @@ def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it() -> 
     for _ in range(3):
         assert pool.align(MESSAGES, DRAFT).endpoint == "b"
     assert len(a.requests) == calls  # out of rotation during the cool-down
-    time.sleep(0.25)
+    clock.now += 9.9
+    assert {pool.align(MESSAGES, DRAFT).endpoint for _ in range(3)} == {"b"}  # still cooling down
+    clock.now += 0.1
     served = {pool.align(MESSAGES, DRAFT).endpoint for _ in range(2)}
     assert "a" in served
     assert pool.stats()["a"].state == "closed"
@@ -266,11 +279,12 @@ def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it() -> 
 def test_a_failed_probe_reopens_the_circuit() -> None:
     down = AlignerConnectionError("down")
     a, b = Fake("a", [down, down]), Fake("b")
-    pool = AlignerPool([a, b], failure_threshold=1, cooldown=0.1, max_retries=0)
+    clock = Clock()
+    pool = AlignerPool([a, b], failure_threshold=1, cooldown=10, max_retries=0, clock=clock)
     pool.align(MESSAGES, DRAFT)
     pool.align(MESSAGES, DRAFT)
     assert pool.stats()["a"].state == "open"
-    time.sleep(0.15)
+    clock.now += 10
     assert pool.align(MESSAGES, DRAFT).endpoint == "b"  # the probe to "a" failed over to "b"
     assert pool.stats()["a"].state == "open"
 
@@ -287,14 +301,17 @@ def test_no_member_available_raises_a_connection_error() -> None:
 def test_health_checks_take_members_out_and_bring_them_back() -> None:
     hosts: dict[str, MockTGIServer | None] = {"a": MockTGIServer(), "b": MockTGIServer()}
     with replicas(**hosts) as live:
-        pool = AlignerPool(["http://a", "http://b"], cooldown=0.05)
+        clock = Clock()
+        pool = AlignerPool(["http://a", "http://b"], cooldown=30, clock=clock)
         assert pool.check_health() == {"http://a": True, "http://b": True}
         live["b"] = None
         assert pool.check_health() == {"http://a": True, "http://b": False}
         assert pool.stats()["http://b"].state == "open"
         assert {pool.align(MESSAGES, DRAFT).endpoint for _ in range(3)} == {"http://a"}
         live["b"] = MockTGIServer()
-        time.sleep(0.06)
+        assert pool.check_health()["http://b"]
+        assert pool.stats()["http://b"].state == "open"  # healthy again, but still cooling down
+        clock.now += 30
         assert pool.check_health()["http://b"]
         assert pool.stats()["http://b"].state == "closed"
 

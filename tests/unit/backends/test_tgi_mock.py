@@ -205,6 +205,46 @@ async def test_async_retries_on_the_align_route() -> None:
     assert routes(server) == [("GET", "/info")] + [("POST", "/diffpo/align")] * 4
 
 
+def test_align_route_streams_are_retried_before_their_first_byte() -> None:
+    with mock_tgi(align_route=True) as server:
+        aligner = make(True, keep_prefix_tokens=3, backoff=0.001)
+        aligner.info()
+        server.failures = [503, 429]
+        chunks = list(aligner.stream(MESSAGES, DRAFT))
+    assert "".join(c.text for c in chunks) == expected_answer(3)
+    assert routes(server) == [("GET", "/info")] + [("POST", "/diffpo/align")] * 3
+
+
+async def test_async_align_route_streams_are_retried_before_their_first_byte() -> None:
+    with mock_tgi(align_route=True) as server:
+        aligner = make(True, keep_prefix_tokens=3, backoff=0.001)
+        await aligner.ainfo()
+        server.failures = [502]
+        chunks = [c async for c in aligner.astream(MESSAGES, DRAFT)]
+    assert "".join(c.text for c in chunks) == expected_answer(3)
+    assert chunks[-1].result is not None
+    assert routes(server) == [("GET", "/info")] + [("POST", "/diffpo/align")] * 2
+
+
+async def test_sync_and_async_give_the_same_error_when_the_deadline_leaves_no_retry() -> None:
+    with mock_tgi(align_route=True) as server:
+        aligner = make(True, max_retries=5, backoff=0.001, deadline=5.0)
+        aligner.info()
+        outcomes = []
+        for call in (lambda: aligner.align(MESSAGES, DRAFT), None):
+            server.failures = [429]
+            server.retry_after = "60"
+            if call is not None:
+                with pytest.raises(OverloadedError) as info:
+                    call()
+            else:
+                with pytest.raises(OverloadedError) as info:
+                    await aligner.aalign(MESSAGES, DRAFT)
+            outcomes.append((type(info.value), str(info.value), info.value.retry_after))
+    # Retry-After (60 s) does not fit in the deadline: both styles give up at once with the server's error.
+    assert outcomes == [(OverloadedError, "mock failure 429", 60.0)] * 2
+
+
 def test_gives_up_after_max_retries_with_overloaded_error() -> None:
     with mock_tgi(align_route=False) as server:
         aligner = make(False, max_retries=2, backoff=0.001)
