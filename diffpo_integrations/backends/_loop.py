@@ -30,6 +30,7 @@ __all__ = [
     "http_client",
     "iterate",
     "run",
+    "set_client_factory",
     "use_client_factory",
 ]
 

@@ -34,10 +34,12 @@ from diffpo_integrations.core.errors import (
     error_from_tgi_payload,
 )
 from diffpo_integrations.core.policy import is_retried
+from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult
 
 __all__ = [
     "RetryPolicy",
     "Transport",
+    "TransportCalls",
     "call_deadline",
     "fail_at",
     "map_error",
@@ -379,3 +381,31 @@ class Transport:
         """Async :meth:`stream`."""
         async for item in _loop.aiterate(fn(self.retry.deadline_at())):
             yield item
+
+
+class TransportCalls:
+    """The four call styles of a remote backend, each running one coroutine on the transport loop.
+
+    A backend mixes this in before :class:`~diffpo_integrations.core.aligner.BaseAligner` and writes
+    the call once, as ``_run_align`` and ``_run_stream`` (which take the call's deadline).
+    """
+
+    transport: Transport
+
+    async def _run_align(self, request: AlignRequest, deadline_at: float | None) -> AlignResult:
+        raise NotImplementedError
+
+    def _run_stream(self, request: AlignRequest, deadline_at: float | None) -> AsyncIterator[AlignChunk]:
+        raise NotImplementedError
+
+    def _align(self, request: AlignRequest) -> AlignResult:
+        return self.transport.call(lambda at: self._run_align(request, at))
+
+    async def _aalign(self, request: AlignRequest) -> AlignResult:
+        return await self.transport.acall(lambda at: self._run_align(request, at))
+
+    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
+        return self.transport.stream(lambda at: self._run_stream(request, at))
+
+    def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
+        return self.transport.astream(lambda at: self._run_stream(request, at))

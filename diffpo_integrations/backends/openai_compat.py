@@ -13,10 +13,10 @@ the draft in the prompt; against vLLM pass ``tokenizer=`` (or ``template=`` a to
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from diffpo_integrations.backends._transport import RetryPolicy, Transport, parse_sse_line
+from diffpo_integrations.backends._transport import RetryPolicy, Transport, TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -55,7 +55,7 @@ def _load_tokenizer(location: str) -> Any:
         raise ConfigurationError(msg) from exc
 
 
-class OpenAICompatAligner(BaseAligner):
+class OpenAICompatAligner(TransportCalls, BaseAligner):
     """Align drafts with a DiffPO aligner behind an OpenAI-compatible completions API (vLLM, SGLang).
 
     Setup:
@@ -287,18 +287,6 @@ class OpenAICompatAligner(BaseAligner):
             if piece:
                 yield AlignChunk(text=piece)
         yield AlignChunk(text="", result=state.result(self, request))
-
-    def _align(self, request: AlignRequest) -> AlignResult:
-        return self.transport.call(lambda at: self._run_align(request, at))
-
-    async def _aalign(self, request: AlignRequest) -> AlignResult:
-        return await self.transport.acall(lambda at: self._run_align(request, at))
-
-    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
-        return self.transport.stream(lambda at: self._run_stream(request, at))
-
-    def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
-        return self.transport.astream(lambda at: self._run_stream(request, at))
 
 
 class _StreamState:

@@ -444,6 +444,11 @@ class AlignerPool(BaseAligner):
 
     # -- the fail policy, around the whole call (request validation included) -----------------------
 
+    def _fallback_chunk(self, draft: str, error: Exception, emitted: bool) -> AlignChunk:
+        """The one chunk of a stream no member could start (the flagged draft), or ``error`` raised."""
+        result = fall_back(self.fail_policy, draft, error, endpoint=self.endpoint, emitted=emitted)
+        return AlignChunk(text=result.text, result=result)
+
     def align(self, messages: MessagesLike | AlignRequest, draft: str | None = None, **options: Any) -> AlignResult:
         """Align through the members; under ``fail_policy="open"`` a failure returns the flagged draft."""
         try:
@@ -470,10 +475,7 @@ class AlignerPool(BaseAligner):
                 emitted = emitted or bool(chunk.text)
                 yield chunk
         except Exception as exc:
-            result = fall_back(
-                self.fail_policy, _draft_of(messages, draft), exc, endpoint=self.endpoint, emitted=emitted
-            )
-            yield AlignChunk(text=result.text, result=result)
+            yield self._fallback_chunk(_draft_of(messages, draft), exc, emitted)
 
     async def astream(
         self, messages: MessagesLike | AlignRequest, draft: str | None = None, **options: Any
@@ -485,10 +487,7 @@ class AlignerPool(BaseAligner):
                 emitted = emitted or bool(chunk.text)
                 yield chunk
         except Exception as exc:
-            result = fall_back(
-                self.fail_policy, _draft_of(messages, draft), exc, endpoint=self.endpoint, emitted=emitted
-            )
-            yield AlignChunk(text=result.text, result=result)
+            yield self._fallback_chunk(_draft_of(messages, draft), exc, emitted)
 
 
 def _draft_of(messages: MessagesLike | AlignRequest, draft: str | None) -> str:

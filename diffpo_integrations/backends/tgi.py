@@ -11,10 +11,10 @@ Both give the same answer. Every request goes through the backends' one transpor
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from diffpo_integrations.backends._transport import RetryPolicy, Transport, parse_sse_line
+from diffpo_integrations.backends._transport import RetryPolicy, Transport, TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -62,7 +62,7 @@ def _timings(headers: Any) -> dict[str, str]:
     return {h: str(headers[h]) for h in _TIMING_HEADERS if h in headers}
 
 
-class TGIAligner(BaseAligner):
+class TGIAligner(TransportCalls, BaseAligner):
     """Align drafts with a DiffPO aligner served by TGI or by ``diffpo serve``.
 
     Setup:
@@ -348,18 +348,6 @@ class TGIAligner(BaseAligner):
             if piece:
                 yield AlignChunk(text=piece)
         yield AlignChunk(text="", result=self._result_from_events(request, prompt, events))
-
-    def _align(self, request: AlignRequest) -> AlignResult:
-        return self.transport.call(lambda at: self._run_align(request, at))
-
-    async def _aalign(self, request: AlignRequest) -> AlignResult:
-        return await self.transport.acall(lambda at: self._run_align(request, at))
-
-    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
-        return self.transport.stream(lambda at: self._run_stream(request, at))
-
-    def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
-        return self.transport.astream(lambda at: self._run_stream(request, at))
 
     def _chunk_from_event(self, request: AlignRequest, event: dict[str, Any], headers: Any) -> AlignChunk:
         result = event.get("result")

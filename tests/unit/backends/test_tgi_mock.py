@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 import httpx2
 import pytest
 
-from diffpo_integrations.backends import DEFAULT_ALIGNER_URL, TGIAligner, default_aligner_url, testing
+from diffpo_integrations.backends import (
+    DEFAULT_ALIGNER_URL,
+    TGIAligner,
+    close_http_clients,
+    default_aligner_url,
+    testing,
+    use_client_factory,
+)
 from diffpo_integrations.backends.testing import MockTGIServer, mock_continuation, mock_tgi, mock_tokenize
 from diffpo_integrations.core import (
     AlignerConnectionError,
@@ -468,3 +475,25 @@ def test_mock_tgi_restores_the_client_factory_that_was_there_before() -> None:
             TGIAligner("http://mock-tgi", max_retries=0).align(MESSAGES, DRAFT)
     finally:
         _loop.set_client_factory(previous)
+
+
+async def test_http_clients_are_closed() -> None:
+    made: list[httpx2.AsyncClient] = []
+    server = MockTGIServer()
+
+    def factory() -> httpx2.AsyncClient:
+        made.append(httpx2.AsyncClient(transport=httpx2.MockTransport(server.handle)))
+        return made[-1]
+
+    with use_client_factory(factory):
+        aligner = TGIAligner("http://mock-tgi")
+        aligner.align(MESSAGES, DRAFT)
+        await aligner.aalign(MESSAGES, DRAFT)
+        [c async for c in aligner.astream(MESSAGES, DRAFT)]
+        assert len(made) == 1  # one shared client for every call style and event loop
+        assert not made[0].is_closed
+        close_http_clients()
+        assert made[0].is_closed
+        aligner.align(MESSAGES, DRAFT)  # the next request builds a new one
+    assert len(made) == 2
+    assert all(c.is_closed for c in made)  # leaving the block closed the client it made
