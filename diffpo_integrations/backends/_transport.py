@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -31,6 +32,7 @@ from diffpo_integrations.core.errors import (
     AlignerConnectionError,
     AlignerError,
     AlignerTimeoutError,
+    ConfigurationError,
     error_from_tgi_payload,
 )
 from diffpo_integrations.core.policy import is_retried
@@ -391,6 +393,34 @@ class TransportCalls:
     """
 
     transport: Transport
+
+    def _connect(
+        self,
+        base_url: str,
+        *,
+        timeout: float | None,
+        deadline: float | None,
+        max_retries: int,
+        backoff: float,
+        api_key: str | None,
+        headers: dict[str, str] | None,
+    ) -> None:
+        """Set ``base_url``, ``endpoint``, ``timeout``, ``retry``, ``headers`` and the transport.
+
+        Raises:
+            ConfigurationError: ``base_url`` is not an http(s) URL.
+        """
+        if not base_url.startswith(("http://", "https://")):
+            msg = f"base_url must start with http:// or https://, got {base_url!r}"
+            raise ConfigurationError(msg)
+        self.base_url = self.endpoint = base_url
+        self.timeout = timeout
+        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
+        self.api_key = api_key or os.environ.get("DIFFPO_API_KEY")
+        self.headers = dict(headers or {})
+        if self.api_key:
+            self.headers.setdefault("Authorization", f"Bearer {self.api_key}")
+        self.transport = Transport(base_url, headers=self.headers, timeout=timeout, retry=self.retry)
 
     async def _run_align(self, request: AlignRequest, deadline_at: float | None) -> AlignResult:
         raise NotImplementedError

@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from diffpo_integrations.backends._transport import RetryPolicy, Transport, TransportCalls, parse_sse_line
+from diffpo_integrations.backends._transport import TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -122,27 +122,24 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
             seed=seed,
         )
         root = base_url.rstrip("/").removesuffix("/v1")
-        if not root.startswith(("http://", "https://")):
-            msg = f"base_url must start with http:// or https://, got {base_url!r}"
-            raise ConfigurationError(msg)
+        self._connect(
+            root,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            headers=headers,
+        )
         if template is None and tokenizer is None:
             msg = (
                 "OpenAICompatAligner needs the aligner's chat template: template='gemma' (DiffPO-2B/9B), "
                 "'llama3' (DiffPO-8B), 'chatml', a tokenizer path, or tokenizer=<a loaded tokenizer>"
             )
             raise ConfigurationError(msg)
-        self.base_url = root
-        self.endpoint = root
         self.model = model
         self.tokenizer = tokenizer
         self.use_token_ids = use_token_ids
-        self.timeout = timeout
-        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
-        self.headers = dict(headers or {})
-        key = api_key or os.environ.get("DIFFPO_API_KEY")
-        if key:
-            self.headers.setdefault("Authorization", f"Bearer {key}")
-        self.transport = Transport(root, headers=self.headers, timeout=timeout, retry=self.retry)
         self._resolved: tuple[ChatTemplate, Any | None] | None = None
         self._model_checked = model is not None
 

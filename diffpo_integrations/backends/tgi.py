@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from diffpo_integrations.backends._transport import RetryPolicy, Transport, TransportCalls, parse_sse_line
+from diffpo_integrations.backends._transport import TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -139,22 +139,19 @@ class TGIAligner(TransportCalls, BaseAligner):
             prefix_sampling=prefix_sampling,
             seed=seed,
         )
-        self.base_url = (base_url or default_aligner_url()).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            msg = f"base_url must start with http:// or https://, got {self.base_url!r}"
-            raise ConfigurationError(msg)
-        self.endpoint = self.base_url
-        self.timeout = timeout
-        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
-        self.api_key = api_key or os.environ.get("DIFFPO_API_KEY")
-        self.headers = dict(headers or {})
-        if self.api_key:
-            self.headers.setdefault("Authorization", f"Bearer {self.api_key}")
+        self._connect(
+            (base_url or default_aligner_url()).rstrip("/"),
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            headers=headers,
+        )
         self.use_align_route = use_align_route
         self.method = method
         self._info: dict[str, Any] | None = None
         self._template: ChatTemplate | None = None
-        self.transport = Transport(self.base_url, headers=self.headers, timeout=timeout, retry=self.retry)
 
     # -- discovery ----------------------------------------------------------------------------
 
