@@ -6,7 +6,10 @@ is far above the deadline (2 s), so only the deadline can end these calls in tim
 
 from __future__ import annotations
 
+import http.server
 import itertools
+import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -146,3 +149,69 @@ def test_the_breaker_opens_on_repeated_timeouts(silent_server: str) -> None:
         started = time.monotonic()
         assert pool.align(MESSAGES, DRAFT).endpoint == "http://healthy"
         assert time.monotonic() - started < 0.5  # the open member is not tried any more
+
+
+@pytest.fixture
+def stalling_stream_server() -> Iterator[str]:
+    """An embedded-server look-alike whose ``/diffpo/align`` stream sends one event, then goes silent."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json.dumps({"model_id": "stall", "diffpo": {"align_route": "/diffpo/align"}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            event = b'data: {"text": "Seven"}\n\n'
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+            stop.wait(30)  # then silence, with the connection open
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_opened_stream_stops_at_the_deadline(stalling_stream_server: str) -> None:
+    aligner = TGIAligner(stalling_stream_server, deadline=DEADLINE, timeout=TIMEOUT, max_retries=0)
+    seen: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(AlignerTimeoutError):
+        seen.extend(chunk.text for chunk in aligner.stream(MESSAGES, DRAFT))
+    assert seen == ["Seven"]
+    assert time.monotonic() - started < DEADLINE + SLACK
+
+
+async def test_an_opened_async_stream_stops_at_the_deadline(stalling_stream_server: str) -> None:
+    aligner = TGIAligner(stalling_stream_server, deadline=DEADLINE, timeout=TIMEOUT, max_retries=0)
+    seen: list[str] = []
+    started = time.monotonic()
+    async def drain() -> None:
+        async for chunk in aligner.astream(MESSAGES, DRAFT):
+            seen.append(chunk.text)
+
+    with pytest.raises(AlignerTimeoutError):
+        await drain()
+    assert seen == ["Seven"]
+    assert time.monotonic() - started < DEADLINE + SLACK
