@@ -5,10 +5,10 @@ over to the next member when one cannot serve; a member that keeps failing is ta
 cool-down (a circuit breaker per endpoint). ``GET /health`` probes, on demand or from a background
 thread, take dead members out and bring restarted ones back.
 
-Fails over: connection errors, a member's timeout, 429, incomplete generation, 424 and other 5xx.
-Does not: :class:`InputError` / :class:`ServerValidationError` (a bad request is bad everywhere),
-:class:`AuthenticationError`, :class:`ConfigurationError` (fix the setup). Streams fail over only
-before their first chunk; a stream that breaks later raises (text handed out cannot be taken back).
+Which errors fail over (and count against a member's circuit) is decided by
+:mod:`diffpo_integrations.core.policy`, as for every component: endpoint faults, timeouts, 429 and
+5xx do; a bad request, refused credentials or a setup error do not. Streams fail over only before
+their first chunk; a stream that breaks later raises (text handed out cannot be taken back).
 """
 
 from __future__ import annotations

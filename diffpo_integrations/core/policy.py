@@ -31,7 +31,6 @@ from diffpo_integrations.core.errors import (
     ConfigurationError,
     ConversationNotFoundError,
     DiffPOError,
-    FailOpenWarning,
     GenerationError,
     IncompleteGenerationError,
     InputError,
@@ -169,7 +168,3 @@ def error_table() -> str:
         note = "" if counts_against_member(error) or not over else ", not counted by the breaker"
         lines.append(f"| {label} | {yes(is_retried(error))} | {yes(over, note)} | {yes(falls_back(error))} |")
     return "\n".join(lines)
-
-
-def _warn_class() -> type[Warning]:
-    return FailOpenWarning

@@ -207,6 +207,7 @@ async def test_an_opened_async_stream_stops_at_the_deadline(stalling_stream_serv
     aligner = TGIAligner(stalling_stream_server, deadline=DEADLINE, timeout=TIMEOUT, max_retries=0)
     seen: list[str] = []
     started = time.monotonic()
+
     async def drain() -> None:
         async for chunk in aligner.astream(MESSAGES, DRAFT):
             seen.append(chunk.text)
