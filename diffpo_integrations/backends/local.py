@@ -201,4 +201,4 @@ def _engine_errors() -> Iterator[None]:
     except DiffPOError:
         raise
     except Exception as exc:
-        raise EngineError(f"the local aligner failed: {type(exc).__name__}: {exc}") from exc
+        raise EngineError(f"the local aligner failed: {type(exc).__name__}: {exc}", endpoint="local") from exc

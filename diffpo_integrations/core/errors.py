@@ -8,7 +8,6 @@ them all, and the subclass says what to do next::
     │   ├── ModelNotFoundError      the model path or the default model's package is missing
     │   └── ConversationNotFoundError   a chain step could not find the conversation
     ├── InputError                  bad conversation, draft or option (fix the call)
-    ├── EngineError                 the in-process engine failed while decoding
     └── AlignerError                the aligner failed; ``endpoint`` and ``status`` set when known
         ├── ServerValidationError   TGI ``validation`` (HTTP 422)
         ├── OverloadedError         TGI ``overloaded`` (HTTP 429); ``retry_after`` in seconds
@@ -16,6 +15,7 @@ them all, and the subclass says what to do next::
         ├── IncompleteGenerationError  TGI ``incomplete_generation`` (HTTP 500)
         ├── AlignerConnectionError  the endpoint could not be reached
         ├── AlignerTimeoutError     a deadline ran out
+        ├── EngineError             the in-process engine failed while decoding
         └── AuthenticationError     HTTP 401/403
 
 Which errors are retried, fail over or fall back is decided in :mod:`diffpo_integrations.core.policy`.
@@ -68,10 +68,6 @@ class ConversationNotFoundError(ConfigurationError, LookupError):
 
     A wiring mistake, so a :class:`ConfigurationError`: ``fail_policy="open"`` never hides it.
     """
-
-
-class EngineError(DiffPOError, RuntimeError):
-    """The in-process decoding engine failed (a model or state problem, not the request)."""
 
 
 class FailOpenWarning(UserWarning):
@@ -136,6 +132,10 @@ class AlignerConnectionError(AlignerError):
 
 class AlignerTimeoutError(AlignerError):
     """The call's deadline ran out."""
+
+
+class EngineError(AlignerError, RuntimeError):
+    """The in-process decoding engine failed (a model or state problem, not the request)."""
 
 
 class AuthenticationError(AlignerError):

@@ -31,6 +31,7 @@ from diffpo_integrations.core.errors import (
     ConfigurationError,
     ConversationNotFoundError,
     DiffPOError,
+    EngineError,
     GenerationError,
     IncompleteGenerationError,
     InputError,
@@ -57,6 +58,7 @@ _ENDPOINT_FAULTS = (
     OverloadedError,
     IncompleteGenerationError,
     GenerationError,
+    EngineError,
 )
 
 
@@ -143,6 +145,7 @@ _EXAMPLES: Sequence[tuple[str, BaseException]] = (
     ("`IncompleteGenerationError`: the server stopped mid-generation", IncompleteGenerationError("x", status=500)),
     ("`AlignerTimeoutError`: the deadline (or `timeout`) ran out", AlignerTimeoutError("x")),
     ("`GenerationError`: HTTP 424, the model failed", GenerationError("x", status=424)),
+    ("`EngineError`: `LocalAligner`'s engine failed", EngineError("x")),
     ("`AlignerError` with another 5xx (a plain 500)", AlignerError("x", status=500)),
     ("`AlignerError` with another 4xx (404, 405...)", AlignerError("x", status=404)),
     ("`AuthenticationError`: HTTP 401, 403", AuthenticationError("x", status=401)),
