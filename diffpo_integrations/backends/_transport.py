@@ -43,6 +43,7 @@ __all__ = [
     "Transport",
     "TransportCalls",
     "call_deadline",
+    "current_call_deadline",
     "fail_at",
     "map_error",
     "parse_sse_line",
@@ -68,6 +69,11 @@ def call_deadline(at: float | None) -> Iterator[None]:
         yield
     finally:
         _CALL_DEADLINE.reset(token)
+
+
+def current_call_deadline() -> float | None:
+    """The deadline :func:`call_deadline` set around this call (``time.monotonic()`` seconds), if any."""
+    return _CALL_DEADLINE.get()
 
 
 def retry_after_seconds(headers: Any) -> float | None:

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
+from diffpo_integrations.backends._transport import current_call_deadline
 from diffpo_integrations.core.aligner import DEFAULT_KEEP_PREFIX_TOKENS, DEFAULT_MAX_NEW_TOKENS, BaseAligner
-from diffpo_integrations.core.errors import ConfigurationError, DiffPOError, EngineError
+from diffpo_integrations.core.errors import AlignerTimeoutError, ConfigurationError, DiffPOError, EngineError
 from diffpo_integrations.core.templates import get_template
 from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, DecodeMethod, PromptMode
 
@@ -129,9 +131,18 @@ class LocalAligner(BaseAligner):
 
     def _align(self, request: AlignRequest) -> AlignResult:
         engine = self.engine
+        deadline = current_call_deadline()  # a pool's share of its deadline, when in a pool
         with _engine_errors():
-            result: AlignResult = engine.align(request)
-        return result
+            if deadline is None:
+                result: AlignResult = engine.align(request)
+                return result
+            final: AlignResult | None = None
+            for chunk in engine.stream(request, cancelled=lambda: time.monotonic() >= deadline):
+                final = chunk.result or final
+        if final is None:
+            msg = "the local aligner did not finish within the deadline"
+            raise AlignerTimeoutError(msg, endpoint="local")
+        return final
 
     def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
         engine = self.engine

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from server_fakes import tiny_loaded
 
+from diffpo_integrations.backends import AlignerPool
 from diffpo_integrations.backends.local import LocalAligner
-from diffpo_integrations.core import ConfigurationError, DiffPOError, ModelNotFoundError
+from diffpo_integrations.core import (
+    AlignChunk,
+    AlignRequest,
+    AlignResult,
+    ConfigurationError,
+    DiffPOError,
+    ModelNotFoundError,
+)
+from diffpo_integrations.core.aligner import BaseAligner
 
 MESSAGES = [("user", "Name a prime.")]
 DRAFT = "7 is a prime number and it is also odd."
@@ -69,3 +80,49 @@ async def test_cancelling_stops_decoding_within_one_forward_pass(style: str) -> 
     await asyncio.sleep(0.5)  # 25 more passes would have run had decoding gone on
     assert len(passes) - at_cancel <= 1
     assert len(passes) < 150
+
+
+class Healthy(BaseAligner):
+    """An in-process member that answers at once."""
+
+    endpoint = "healthy"
+
+    def _align(self, request: AlignRequest) -> AlignResult:
+        return AlignResult(text="healthy answer", draft=request.draft)
+
+    async def _aalign(self, request: AlignRequest) -> AlignResult:
+        return self._align(request)
+
+    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
+        yield AlignChunk(text="healthy answer", result=self._align(request))
+
+    async def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
+        yield AlignChunk(text="healthy answer", result=self._align(request))
+
+
+def test_a_pool_cuts_a_slow_local_member_at_its_share_of_the_deadline() -> None:
+    slow, passes = slow_local_aligner()  # 150 passes of 20 ms: about 3 s
+    pool = AlignerPool([slow, Healthy()], deadline=1.0, max_retries=0)
+    pool._turn = itertools.repeat(0)  # type: ignore[assignment]  # the slow member first
+    started = time.monotonic()
+    result = pool.align(MESSAGES, DRAFT)
+    assert (result.text, result.endpoint) == ("healthy answer", "healthy")
+    assert time.monotonic() - started < 1.0 + 1.5
+    assert pool.stats()["local"].failures == 1
+    stopped = len(passes)
+    time.sleep(0.3)
+    assert len(passes) - stopped <= 1  # the slow member's decoding stopped
+
+
+async def test_an_async_pool_cuts_a_slow_local_member_at_its_share_of_the_deadline() -> None:
+    slow, passes = slow_local_aligner()
+    pool = AlignerPool([slow, Healthy()], deadline=1.0, max_retries=0)
+    pool._turn = itertools.repeat(0)  # type: ignore[assignment]
+    started = time.monotonic()
+    result = await pool.aalign(MESSAGES, DRAFT)
+    assert (result.text, result.endpoint) == ("healthy answer", "healthy")
+    assert time.monotonic() - started < 1.0 + 1.5
+    assert pool.stats()["local"].failures == 1
+    stopped = len(passes)
+    await asyncio.sleep(0.3)
+    assert len(passes) - stopped <= 1
