@@ -121,7 +121,12 @@ def close_http_clients() -> None:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the transport loop and wait for it; interrupting the wait cancels it."""
-    future = asyncio.run_coroutine_threadsafe(coro, _RUNTIME.get_loop())
+    loop = _RUNTIME.get_loop()
+    if _on_transport_thread(loop):
+        coro.close()
+        msg = "a sync aligner call was made from the transport thread itself (from an HTTP event hook?); use aalign"
+        raise RuntimeError(msg)
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
         return future.result()
     except BaseException:
@@ -137,6 +142,13 @@ async def arun(coro: Coroutine[Any, Any, T]) -> T:
     except BaseException:
         future.cancel()
         raise
+
+
+def _on_transport_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 _END = object()
