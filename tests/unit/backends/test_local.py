@@ -126,3 +126,28 @@ async def test_an_async_pool_cuts_a_slow_local_member_at_its_share_of_the_deadli
     stopped = len(passes)
     await asyncio.sleep(0.3)
     assert len(passes) - stopped <= 1
+
+
+async def test_astream_uses_one_worker_thread_not_one_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    aligner, _ = slow_local_aligner()
+    started: list[str] = []
+    handoffs: list[object] = []
+    real_start = threading.Thread.start
+    real_to_thread = asyncio.to_thread
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    async def counting_to_thread(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        handoffs.append(func)
+        return await real_to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    monkeypatch.setattr(asyncio, "to_thread", counting_to_thread)
+    chunks = [c async for c in aligner.astream(MESSAGES, DRAFT, max_new_tokens=12)]
+    assert len(chunks) >= 3
+    assert handoffs == []
+    assert len(started) <= 2  # this call's worker, and the engine's decode thread
