@@ -1,5 +1,6 @@
 """Aligner backends: TGI (and the embedded server), OpenAI-compatible servers, in-process, pools."""
 
+from diffpo_integrations.backends._loop import close_http_clients, set_client_factory, use_client_factory
 from diffpo_integrations.backends.openai_compat import OpenAICompatAligner
 from diffpo_integrations.backends.pool import AlignerPool, CircuitState, EndpointStats
 from diffpo_integrations.backends.tgi import DEFAULT_ALIGNER_URL, TGIAligner, default_aligner_url
@@ -11,5 +12,8 @@ __all__ = [
     "EndpointStats",
     "OpenAICompatAligner",
     "TGIAligner",
+    "close_http_clients",
     "default_aligner_url",
+    "set_client_factory",
+    "use_client_factory",
 ]

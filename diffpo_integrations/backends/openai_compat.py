@@ -12,20 +12,11 @@ the draft in the prompt; against vLLM pass ``tokenizer=`` (or ``template=`` a to
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from huggingface_hub import get_session
-
-from diffpo_integrations.backends._transport import (
-    RetryPolicy,
-    async_session,
-    map_error,
-    parse_sse_line,
-    raise_for_answer,
-)
+from diffpo_integrations.backends._transport import TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -64,7 +55,7 @@ def _load_tokenizer(location: str) -> Any:
         raise ConfigurationError(msg) from exc
 
 
-class OpenAICompatAligner(BaseAligner):
+class OpenAICompatAligner(TransportCalls, BaseAligner):
     """Align drafts with a DiffPO aligner behind an OpenAI-compatible completions API (vLLM, SGLang).
 
     Setup:
@@ -131,26 +122,24 @@ class OpenAICompatAligner(BaseAligner):
             seed=seed,
         )
         root = base_url.rstrip("/").removesuffix("/v1")
-        if not root.startswith(("http://", "https://")):
-            msg = f"base_url must start with http:// or https://, got {base_url!r}"
-            raise ConfigurationError(msg)
+        self._connect(
+            root,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            headers=headers,
+        )
         if template is None and tokenizer is None:
             msg = (
                 "OpenAICompatAligner needs the aligner's chat template: template='gemma' (DiffPO-2B/9B), "
                 "'llama3' (DiffPO-8B), 'chatml', a tokenizer path, or tokenizer=<a loaded tokenizer>"
             )
             raise ConfigurationError(msg)
-        self.base_url = root
-        self.endpoint = root
         self.model = model
         self.tokenizer = tokenizer
         self.use_token_ids = use_token_ids
-        self.timeout = timeout
-        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
-        self.headers = dict(headers or {})
-        key = api_key or os.environ.get("DIFFPO_API_KEY")
-        if key:
-            self.headers.setdefault("Authorization", f"Bearer {key}")
         self._resolved: tuple[ChatTemplate, Any | None] | None = None
         self._model_checked = model is not None
 
@@ -259,130 +248,41 @@ class OpenAICompatAligner(BaseAligner):
             request, prompt, str(choice.get("text") or ""), choice.get("finish_reason"), data.get("usage")
         )
 
-    # -- HTTP ------------------------------------------------------------------------------------
+    # -- the one path of each call style, run on the transport loop -----------------------------------
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        response = get_session().post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response.json()
-
-    async def _apost(self, path: str, body: dict[str, Any]) -> Any:
-        async with async_session() as session:
-            response = await session.post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response.json()
-
-    def _get_models(self) -> dict[str, Any] | None:
-        response = get_session().get(self.base_url + "/v1/models", headers=self.headers, timeout=self.timeout)
-        if response.status_code == 404:
-            return None
-        raise_for_answer(response, self.endpoint)
-        return dict(response.json())
-
-    async def _aget_models(self) -> dict[str, Any] | None:
-        async with async_session() as session:
-            response = await session.get(self.base_url + "/v1/models", headers=self.headers, timeout=self.timeout)
-        if response.status_code == 404:
-            return None
-        raise_for_answer(response, self.endpoint)
-        return dict(response.json())
-
-    def _prepare(self, request: AlignRequest) -> AlignPrompt:
+    async def _prepare(self, request: AlignRequest, deadline_at: float | None) -> AlignPrompt:
         if not self._model_checked:
-            self._model_from(self.retry.call(self._get_models, self.endpoint))
+            response = await self.transport.request("GET", "/v1/models", deadline_at=deadline_at, ok=(404,))
+            self._model_from(None if response.status_code == 404 else dict(response.json()))
         template, texts = self._texts(request)
         spans = self._local_spans(texts)
         if spans is None:
             try:
-                payload = self.retry.call(lambda: self._post("/tokenize", {"inputs": texts.full}), self.endpoint)
-            except AlignerError as exc:
-                raise self._tokenize_failed(exc) from exc
-            spans = self._server_spans(payload)
-        return self._prompt(request, texts, spans, template)
-
-    async def _aprepare(self, request: AlignRequest) -> AlignPrompt:
-        if not self._model_checked:
-            self._model_from(await self.retry.acall(self._aget_models, self.endpoint))
-        template, texts = self._texts(request)
-        spans = self._local_spans(texts)
-        if spans is None:
-            try:
-                payload = await self.retry.acall(
-                    lambda: self._apost("/tokenize", {"inputs": texts.full}), self.endpoint
+                tokenized = await self.transport.request(
+                    "POST", "/tokenize", {"inputs": texts.full}, deadline_at=deadline_at
                 )
             except AlignerError as exc:
                 raise self._tokenize_failed(exc) from exc
-            spans = self._server_spans(payload)
+            spans = self._server_spans(tokenized.json())
         return self._prompt(request, texts, spans, template)
 
-    # -- BaseAligner hooks -----------------------------------------------------------------------
+    async def _run_align(self, request: AlignRequest, deadline_at: float | None) -> AlignResult:
+        prompt = await self._prepare(request, deadline_at)
+        body = self._body(request, prompt, False)
+        response = await self.transport.request("POST", "/v1/completions", body, deadline_at=deadline_at)
+        return self._from_completion(request, prompt, response.json())
 
-    def _align(self, request: AlignRequest) -> AlignResult:
-        prompt = self._prepare(request)
-        data = self.retry.call(lambda: self._post("/v1/completions", self._body(request, prompt, False)), self.endpoint)
-        return self._from_completion(request, prompt, data)
-
-    async def _aalign(self, request: AlignRequest) -> AlignResult:
-        prompt = await self._aprepare(request)
-        data = await self.retry.acall(
-            lambda: self._apost("/v1/completions", self._body(request, prompt, False)), self.endpoint
-        )
-        return self._from_completion(request, prompt, data)
-
-    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
-        prompt = self._prepare(request)
+    async def _run_stream(self, request: AlignRequest, deadline_at: float | None) -> AsyncIterator[AlignChunk]:
+        prompt = await self._prepare(request, deadline_at)
         state = _StreamState(prompt)
         first = state.answer.feed(prompt.kept_text)
         if first:
             yield AlignChunk(text=first)
-        try:
-            with get_session().stream(
-                "POST",
-                self.base_url + "/v1/completions",
-                json=self._body(request, prompt, True),
-                headers=self.headers,
-                timeout=self.timeout,
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise_for_answer(response, self.endpoint)
-                for line in response.iter_lines():
-                    piece = state.feed(line)
-                    if piece:
-                        yield AlignChunk(text=piece)
-        except Exception as exc:
-            raise map_error(exc, self.endpoint) from exc
-        yield AlignChunk(text="", result=state.result(self, request))
-
-    async def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
-        prompt = await self._aprepare(request)
-        state = _StreamState(prompt)
-        first = state.answer.feed(prompt.kept_text)
-        if first:
-            yield AlignChunk(text=first)
-        try:
-            async with (
-                async_session() as session,
-                session.stream(
-                    "POST",
-                    self.base_url + "/v1/completions",
-                    json=self._body(request, prompt, True),
-                    headers=self.headers,
-                    timeout=self.timeout,
-                ) as response,
-            ):
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise_for_answer(response, self.endpoint)
-                async for line in response.aiter_lines():
-                    piece = state.feed(line)
-                    if piece:
-                        yield AlignChunk(text=piece)
-        except (asyncio.CancelledError, GeneratorExit):
-            # Leaving the ``async with`` closes the HTTP stream, so the server stops generating.
-            raise
-        except Exception as exc:
-            raise map_error(exc, self.endpoint) from exc
+        body = self._body(request, prompt, True)
+        async for line in self.transport.lines("POST", "/v1/completions", body, deadline_at=deadline_at):
+            piece = state.feed(line)
+            if piece:
+                yield AlignChunk(text=piece)
         yield AlignChunk(text="", result=state.result(self, request))
 
 

@@ -5,38 +5,32 @@ over to the next member when one cannot serve; a member that keeps failing is ta
 cool-down (a circuit breaker per endpoint). ``GET /health`` probes, on demand or from a background
 thread, take dead members out and bring restarted ones back.
 
-Fails over: connection errors, a member's timeout, 429, incomplete generation, 424 and other 5xx.
-Does not: :class:`InputError` / :class:`ServerValidationError` (a bad request is bad everywhere),
-:class:`AuthenticationError`, :class:`ConfigurationError` (fix the setup). Streams fail over only
-before their first chunk; a stream that breaks later raises (text handed out cannot be taken back).
+Which errors fail over (and count against a member's circuit) is decided by
+:mod:`diffpo_integrations.core.policy`, as for every component: endpoint faults, timeouts, 429 and
+5xx do; a bad request, refused credentials or a setup error do not. Streams fail over only before
+their first chunk; a stream that breaks later raises (text handed out cannot be taken back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from huggingface_hub import get_async_session, get_session
-
-from diffpo_integrations.backends._transport import RetryPolicy
-from diffpo_integrations.core.aligner import BaseAligner
+from diffpo_integrations.backends import _loop
+from diffpo_integrations.backends._transport import RetryPolicy, Transport, call_deadline, fail_at
+from diffpo_integrations.core.aligner import BaseAligner, MessagesLike
 from diffpo_integrations.core.errors import (
     AlignerConnectionError,
     AlignerError,
     AlignerTimeoutError,
-    AuthenticationError,
     ConfigurationError,
-    GenerationError,
-    IncompleteGenerationError,
-    InputError,
-    OverloadedError,
 )
+from diffpo_integrations.core.policy import check_fail_policy, counts_against_member, fail_over_or_raise, fall_back
 from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, FailPolicy
 
 __all__ = ["AlignerPool", "CircuitState", "EndpointStats"]
@@ -58,9 +52,6 @@ class EndpointStats:
     last_error: str | None
 
 
-_FAILOVER = (AlignerConnectionError, AlignerTimeoutError, OverloadedError, IncompleteGenerationError, GenerationError)
-
-
 @dataclass
 class _Member:
     """One member with its counters and circuit; every field is guarded by the pool's lock."""
@@ -80,15 +71,6 @@ class _Member:
         return getattr(self.aligner, "base_url", None)
 
 
-def _failover_worthy(error: BaseException) -> bool:
-    """Whether another member may succeed where this one failed (see the module docstring)."""
-    if isinstance(error, InputError | AuthenticationError | ConfigurationError) or not isinstance(error, AlignerError):
-        return False
-    if isinstance(error, _FAILOVER):
-        return True
-    return error.status is not None and error.status >= 500
-
-
 class AlignerPool(BaseAligner):
     """Several TGI, OpenAI-compatible or local aligners behind one aligner.
 
@@ -102,13 +84,14 @@ class AlignerPool(BaseAligner):
         health_timeout: seconds one health probe may take.
         max_retries, backoff: passes over the members after the first, and the first delay between them
             (jittered, doubling, honouring ``Retry-After``) when all are overloaded or none is available.
-        deadline: seconds for one call, failovers and retries included. Async calls are cut off
-            at the deadline (the member's HTTP request is cancelled); sync calls check it between
-            attempts, so bound each attempt with the members' ``timeout``.
+        deadline: seconds for one call, failovers and retries included, in every call style: each
+            attempt gets the remaining time shared among the members not tried yet, so a silent
+            member times out (and counts as a failure) in time for the next one to answer.
         fail_policy: ``"closed"`` raises when no member could align; ``"open"`` returns the draft
             unaligned, flagged (``result.aligned is False``, ``result.error`` says why).
         keep_prefix_tokens, max_new_tokens: as :class:`BaseAligner`; ``None`` takes the first member's
             (as do ``prefix_sampling`` and ``seed``: the pool resolves the options once, for every member).
+        clock: monotonic clock of the circuit breakers' cool-downs (injectable for tests).
 
     Example:
         >>> from diffpo_integrations.backends.testing import mock_tgi
@@ -132,6 +115,7 @@ class AlignerPool(BaseAligner):
         fail_policy: FailPolicy = "closed",
         keep_prefix_tokens: int | None = None,
         max_new_tokens: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         aligners = [_as_aligner(m) for m in members]
         problems = [
@@ -142,12 +126,12 @@ class AlignerPool(BaseAligner):
                 (cooldown < 0 or health_timeout <= 0, "cooldown must be >= 0 and health_timeout > 0 seconds"),
                 (max_retries < 0, f"max_retries must be >= 0, got {max_retries}"),
                 (health_interval is not None and health_interval <= 0, "health_interval must be > 0 seconds or None"),
-                (fail_policy not in ("open", "closed"), f"fail_policy must be 'open' or 'closed', got {fail_policy!r}"),
             )
             if bad
         ]
         if problems:
             raise ConfigurationError("; ".join(problems))
+        check_fail_policy(fail_policy)
         first = aligners[0]
         super().__init__(
             template=first.template,
@@ -164,6 +148,10 @@ class AlignerPool(BaseAligner):
         self.health_timeout = health_timeout
         self.fail_policy: FailPolicy = fail_policy
         self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
+        self.clock = clock
+        self._probes = {
+            m.name: _probe_transport(m.aligner, m.base_url, health_timeout) for m in self._members if m.base_url
+        }
         # A thread lock, held for a few updates only: safe on the event loop and across sync threads.
         self._lock = threading.Lock()
         self._turn = itertools.count()
@@ -223,34 +211,28 @@ class AlignerPool(BaseAligner):
         return {m.name: self._health_result(m, self._probe(m)) for m in self._members}
 
     def _probe(self, m: _Member) -> bool:
-        if m.base_url is None:
-            return True
-        try:
-            return get_session().get(m.base_url + "/health", timeout=self.health_timeout).status_code == 200
-        except Exception:  # refused, reset, timed out: all mean "not serving"
-            return False
+        transport = self._probes.get(m.name)
+        return True if transport is None else _loop.run(transport.probe("/health", self.health_timeout))
 
     async def acheck_health(self) -> dict[str, bool]:
         """Async :meth:`check_health`; the probes run concurrently."""
 
         async def probe(m: _Member) -> bool:
-            if m.base_url is None:
-                return True
-            try:
-                async with get_async_session() as session:
-                    return (await session.get(m.base_url + "/health", timeout=self.health_timeout)).status_code == 200
-            except Exception:
-                return False
+            transport = self._probes.get(m.name)
+            return True if transport is None else await transport.probe("/health", self.health_timeout)
 
-        results = await asyncio.gather(*(probe(m) for m in self._members))
+        async def probe_all() -> list[bool]:
+            return list(await asyncio.gather(*(probe(m) for m in self._members)))
+
+        results = await _loop.arun(probe_all())
         return {m.name: self._health_result(m, ok) for m, ok in zip(self._members, results, strict=True)}
 
     def _health_result(self, m: _Member, ok: bool) -> bool:
         with self._lock:
             if not ok:
-                m.state, m.opened_at = "open", time.monotonic()
+                m.state, m.opened_at = "open", self.clock()
                 m.last_error = "health check failed"
-            elif m.state != "closed" and time.monotonic() - m.opened_at >= self.cooldown:
+            elif m.state != "closed" and self.clock() - m.opened_at >= self.cooldown:
                 m.state, m.consecutive_failures = "closed", 0
         return ok
 
@@ -262,7 +244,7 @@ class AlignerPool(BaseAligner):
 
     def _acquire(self, tried: set[str]) -> _Member:
         """Take the member with the fewest requests in flight among those not tried and available."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             turn = next(self._turn)
             n = len(self._members)
@@ -289,7 +271,7 @@ class AlignerPool(BaseAligner):
         with self._lock:
             m.outstanding -= 1
             if not counted:
-                # Cancelled or abandoned: says nothing about the endpoint; a probe gets another go.
+                # Cancelled, abandoned or a bad request: says nothing about the endpoint; a probe gets another go.
                 m.state = "open" if m.state == "half_open" else m.state
                 return
             if error is None:
@@ -298,28 +280,30 @@ class AlignerPool(BaseAligner):
                 m.state = "closed"
                 return
             m.last_error = f"{type(error).__name__}: {error}"
-            if isinstance(error, OverloadedError):
+            if not counts_against_member(error):
                 # Back-pressure from a live server is no fault: fail over, but keep it in rotation.
                 m.state = "closed" if m.state == "half_open" else m.state
                 return
             m.failures += 1
             m.consecutive_failures += 1
             if m.state == "half_open" or m.consecutive_failures >= self.failure_threshold:
-                m.state, m.opened_at = "open", time.monotonic()
+                m.state, m.opened_at = "open", self.clock()
 
     def _settle(self, m: _Member, error: BaseException) -> None:
         """Account a member's error; re-raise it unless another member may serve the call."""
-        if _failover_worthy(error):
-            self._release(m, error)
-            return
-        # A bad request or setup is no sign of a bad endpoint: release without blame.
-        self._release(m, None, counted=False)
-        raise error
+        try:
+            fail_over_or_raise(error)
+        except BaseException:
+            self._release(m, None, counted=False)
+            raise
+        self._release(m, error)
 
-    def _next_member(self, tried: set[str], last: BaseException | None, deadline: float | None) -> _Member:
-        """The member for the next attempt; the last member's error when none is left."""
-        if deadline is not None and time.monotonic() > deadline:
-            raise self._deadline_error()
+    def _next_member(
+        self, tried: set[str], last: BaseException | None, deadline: float | None
+    ) -> tuple[_Member, float | None]:
+        """The member for the next attempt and the attempt's deadline; the last member's error when none is left."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise self._deadline_error(last)
         try:
             m = self._acquire(tried)
         except AlignerError:
@@ -327,30 +311,35 @@ class AlignerPool(BaseAligner):
                 raise last from None
             raise
         tried.add(m.name)
-        return m
+        if deadline is None:
+            return m, None
+        # Share what is left among the members not tried yet, so a silent one leaves time for the rest.
+        untried = max(1, sum(1 for other in self._members if other.name not in tried) + 1)
+        now = time.monotonic()
+        return m, now + (deadline - now) / untried
 
-    def _deadline_error(self) -> AlignerTimeoutError:
-        return AlignerTimeoutError(f"the pool's deadline of {self.retry.deadline} s ran out", endpoint=self.endpoint)
+    def _deadline_error(self, last: BaseException | None = None) -> AlignerTimeoutError:
+        why = f" (last error: {type(last).__name__}: {last})" if last is not None else ""
+        return AlignerTimeoutError(
+            f"the pool's deadline of {self.retry.deadline} s ran out{why}", endpoint=self.endpoint
+        )
+
+    def _member_timeout(self, m: _Member, seconds: float) -> AlignerTimeoutError:
+        msg = f"{m.name} did not answer within its {seconds:.3g} s share of the pool's deadline"
+        return AlignerTimeoutError(msg, endpoint=m.name)
 
     def _stamp_chunk(self, chunk: AlignChunk, m: _Member) -> AlignChunk:
         result = chunk.result.model_copy(update={"endpoint": m.name}) if chunk.result else None
         return AlignChunk(text=chunk.text, result=result)
 
-    def _fail_open(self, request: AlignRequest, error: AlignerError) -> AlignResult:
-        if self.fail_policy != "open":
-            raise error
-        return AlignResult.unaligned(request.draft, error, endpoint=error.endpoint)
-
-    def _deadline_at(self) -> float | None:
-        return None if self.retry.deadline is None else time.monotonic() + self.retry.deadline
-
     def _pass(self, request: AlignRequest, deadline: float | None) -> AlignResult:
         tried: set[str] = set()
         last: BaseException | None = None
         while True:
-            m = self._next_member(tried, last, deadline)
+            m, budget = self._next_member(tried, last, deadline)
             try:
-                result = m.aligner.align(request)
+                with call_deadline(budget):
+                    result = m.aligner.align(request)
             except BaseException as exc:
                 self._settle(m, exc)  # re-raises unless another member may serve the call
                 last = exc
@@ -358,13 +347,17 @@ class AlignerPool(BaseAligner):
             self._release(m, None)
             return result.model_copy(update={"endpoint": m.name})
 
-    async def _apass(self, request: AlignRequest) -> AlignResult:
+    async def _apass(self, request: AlignRequest, deadline: float | None) -> AlignResult:
         tried: set[str] = set()
         last: BaseException | None = None
         while True:
-            m = self._next_member(tried, last, None)  # RetryPolicy.acall enforces the deadline
+            m, budget = self._next_member(tried, last, deadline)
             try:
-                result = await m.aligner.aalign(request)
+                try:
+                    with call_deadline(budget), fail_at(budget):
+                        result = await m.aligner.aalign(request)
+                except TimeoutError:
+                    raise self._member_timeout(m, (budget or 0.0) - time.monotonic()) from None
             except BaseException as exc:
                 self._settle(m, exc)  # re-raises unless another member may serve the call
                 last = exc
@@ -373,110 +366,142 @@ class AlignerPool(BaseAligner):
             return result.model_copy(update={"endpoint": m.name})
 
     def _align(self, request: AlignRequest) -> AlignResult:
-        deadline = self._deadline_at()
-        try:
-            return self.retry.call(lambda: self._pass(request, deadline), self.endpoint)
-        except AlignerError as exc:
-            return self._fail_open(request, exc)
+        deadline = self.retry.deadline_at()
+        return self.retry.call(lambda: self._pass(request, deadline), self.endpoint, deadline)
 
     async def _aalign(self, request: AlignRequest) -> AlignResult:
-        try:
-            return await self.retry.acall(lambda: self._apass(request), self.endpoint)
-        except AlignerError as exc:
-            return self._fail_open(request, exc)
+        deadline = self.retry.deadline_at()
+        # Each member's share of the deadline cuts its attempt (and counts against it); the pool's
+        # own scope must not cut first, or the timeout would be nobody's.
+        return await self.retry.acall(lambda: self._apass(request, deadline), self.endpoint, deadline, cut=False)
 
-    def _stream_error(self, m: _Member, exc: BaseException, started: bool) -> bool:
-        """Account a stream's error; re-raise it, or say whether to fail over (else fail open or closed)."""
-        own_deadline = isinstance(exc, AlignerTimeoutError) and exc.endpoint == self.endpoint
-        worthy = _failover_worthy(exc) and not own_deadline
-        self._release(m, exc if worthy else None, counted=worthy)
-        # GeneratorExit and cancellation (the consumer left), or text was handed out already: it
-        # cannot be taken back, so the error goes to the consumer.
-        if started or not isinstance(exc, AlignerError):
+    def _stream_error(self, m: _Member, exc: BaseException, started: bool) -> None:
+        """Account a stream's error; re-raise it unless the call may fail over to another member."""
+        if started or not isinstance(exc, Exception):
+            # Text was handed out (it cannot be taken back), or the consumer left: no failover.
+            counted = started and isinstance(exc, Exception) and counts_against_member(exc)
+            self._release(m, exc if counted else None, counted=counted)
             raise exc
-        return worthy
+        self._settle(m, exc)
 
     def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
-        deadline = self._deadline_at()
+        deadline = self.retry.deadline_at()
         tried: set[str] = set()
         last: BaseException | None = None
         while True:
-            try:
-                m = self._next_member(tried, last, deadline)
-            except AlignerError as exc:
-                yield self._stream_fail_open(request, exc)
-                return
+            m, budget = self._next_member(tried, last, deadline)
             started = False
             chunks = m.aligner.stream(request)
             try:
-                for chunk in chunks:
+                while True:
+                    # The share applies until the first chunk; then the whole deadline does.
+                    with call_deadline(deadline if started else budget):
+                        chunk = next(chunks, None)
+                    if chunk is None:
+                        break
                     started = True
                     yield self._stamp_chunk(chunk, m)
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise self._deadline_error()  # sync streams cannot be cut while waiting
             except BaseException as exc:
-                if self._stream_error(m, exc, started):  # raises, or says whether to fail over
-                    last = exc
-                    continue
-                yield self._stream_fail_open(request, exc)
-                return
+                self._stream_error(m, exc, started)  # raises unless the call fails over
+                last = exc
+                continue
             finally:
                 chunks.close()  # type: ignore[attr-defined]
             self._release(m, None)
             return
 
     async def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
-        deadline = self._deadline_at()
+        deadline = self.retry.deadline_at()
         tried: set[str] = set()
         last: BaseException | None = None
         while True:
-            try:
-                m = self._next_member(tried, last, deadline)
-            except AlignerError as exc:
-                yield self._stream_fail_open(request, exc)
-                return
+            m, budget = self._next_member(tried, last, deadline)
             started = False
             chunks = m.aligner.astream(request)
             try:
-                while (chunk := await self._anext(chunks, deadline)) is not None:
+                while True:
+                    limit = deadline if started else budget
+                    try:
+                        with call_deadline(limit), fail_at(limit):
+                            chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        if started:
+                            raise self._deadline_error() from None
+                        raise self._member_timeout(m, (limit or 0.0) - time.monotonic()) from None
                     started = True
                     yield self._stamp_chunk(chunk, m)
             except BaseException as exc:
-                if self._stream_error(m, exc, started):  # raises, or says whether to fail over
-                    last = exc
-                    continue
-                yield self._stream_fail_open(request, exc)
-                return
+                self._stream_error(m, exc, started)  # raises unless the call fails over
+                last = exc
+                continue
             finally:
-                # Closing the member's stream leaves its ``async with`` around the HTTP response, so
-                # the connection closes and the server cancels the generation.
+                # Closing the member's stream closes its HTTP response, so the server cancels the generation.
                 await chunks.aclose()  # type: ignore[attr-defined]
             self._release(m, None)
             return
 
-    async def _anext(self, chunks: AsyncIterator[AlignChunk], deadline: float | None) -> AlignChunk | None:
-        """The next chunk, ``None`` at the end; the pool's deadline error when ``deadline`` (monotonic) passes."""
-        try:
-            if deadline is None:
-                return await chunks.__anext__()
-            remaining = max(deadline - time.monotonic(), 0.0)
-            if sys.version_info >= (3, 11):
-                # Same task as the stream (unlike wait_for on 3.10), so the member's HTTP context
-                # is left in the task that entered it.
-                async with asyncio.timeout(remaining):
-                    return await chunks.__anext__()
-            return await asyncio.wait_for(chunks.__anext__(), remaining)  # pragma: no cover - Python 3.10
-        except StopAsyncIteration:
-            return None
-        except (TimeoutError, asyncio.TimeoutError):
-            raise self._deadline_error() from None
+    # -- the fail policy, around the whole call (request validation included) -----------------------
 
-    def _stream_fail_open(self, request: AlignRequest, error: BaseException) -> AlignChunk:
-        """The one chunk of a stream that no member could start: the flagged draft, or the error raised."""
-        if not isinstance(error, AlignerError):
-            raise error
-        result = self._fail_open(request, error)
+    def _fallback_chunk(self, draft: str, error: Exception, emitted: bool) -> AlignChunk:
+        """The one chunk of a stream no member could start (the flagged draft), or ``error`` raised."""
+        result = fall_back(self.fail_policy, draft, error, endpoint=self.endpoint, emitted=emitted)
         return AlignChunk(text=result.text, result=result)
+
+    def align(self, messages: MessagesLike | AlignRequest, draft: str | None = None, **options: Any) -> AlignResult:
+        """Align through the members; under ``fail_policy="open"`` a failure returns the flagged draft."""
+        try:
+            return super().align(messages, draft, **options)
+        except Exception as exc:
+            return fall_back(self.fail_policy, _draft_of(messages, draft), exc, endpoint=self.endpoint)
+
+    async def aalign(
+        self, messages: MessagesLike | AlignRequest, draft: str | None = None, **options: Any
+    ) -> AlignResult:
+        """Async :meth:`align`."""
+        try:
+            return await super().aalign(messages, draft, **options)
+        except Exception as exc:
+            return fall_back(self.fail_policy, _draft_of(messages, draft), exc, endpoint=self.endpoint)
+
+    def stream(
+        self, messages: MessagesLike | AlignRequest, draft: str | None = None, **options: Any
+    ) -> Iterator[AlignChunk]:
+        """Stream through the members; a stream no member could start yields one chunk: the flagged draft."""
+        emitted = False
+        try:
+            for chunk in super().stream(messages, draft, **options):
+                emitted = emitted or bool(chunk.text)
+                yield chunk
+        except Exception as exc:
+            yield self._fallback_chunk(_draft_of(messages, draft), exc, emitted)
+
+    async def astream(
+        self, messages: MessagesLike | AlignRequest, draft: str | None = None, **options: Any
+    ) -> AsyncIterator[AlignChunk]:
+        """Async :meth:`stream`."""
+        emitted = False
+        try:
+            async for chunk in super().astream(messages, draft, **options):
+                emitted = emitted or bool(chunk.text)
+                yield chunk
+        except Exception as exc:
+            yield self._fallback_chunk(_draft_of(messages, draft), exc, emitted)
+
+
+def _draft_of(messages: MessagesLike | AlignRequest, draft: str | None) -> str:
+    if isinstance(messages, AlignRequest):
+        return messages.draft
+    return draft if isinstance(draft, str) else ""
+
+
+def _probe_transport(aligner: BaseAligner, base_url: str, timeout: float) -> Transport:
+    """The member's own transport (its headers, its HTTP client), or a bare one for its URL."""
+    transport = getattr(aligner, "transport", None)
+    if isinstance(transport, Transport):
+        return transport
+    return Transport(base_url, headers={}, timeout=timeout, retry=RetryPolicy(max_retries=0))
 
 
 def _as_aligner(member: BaseAligner | str) -> BaseAligner:

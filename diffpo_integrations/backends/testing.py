@@ -1,8 +1,7 @@
 """A deterministic stand-in for a TGI / ``diffpo serve`` server, for tests without sockets.
 
-:func:`mock_tgi` installs an ``httpx2.MockTransport`` into ``huggingface_hub``'s HTTP session
-factories (the library's own injection point), so ``TGIAligner`` and ``InferenceClient`` talk to
-:class:`MockTGIServer` unchanged. The mock "model" continues any prompt with a short text derived
+:func:`mock_tgi` installs an ``httpx2.MockTransport`` as the backends' HTTP client factory, so
+``TGIAligner``, ``OpenAICompatAligner`` and ``AlignerPool`` talk to :class:`MockTGIServer` unchanged. The mock "model" continues any prompt with a short text derived
 from a hash of the prompt, so different conversations get different, reproducible answers.
 
 Example:
@@ -19,20 +18,19 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-import huggingface_hub
 
-from diffpo_integrations.backends._transport import reset_async_sessions
+from diffpo_integrations.backends._loop import use_client_factory
 from diffpo_integrations.core.prompt import TokenSpan, assemble_answer, build_prompt, render_texts
 from diffpo_integrations.core.templates import BUILTIN_TEMPLATES
 from diffpo_integrations.core.types import coerce_messages
 
-__all__ = ["MockTGIServer", "mock_continuation", "mock_tgi", "mock_tokenize"]
+__all__ = ["MockTGIServer", "mock_continuation", "mock_tgi", "mock_tokenize", "mock_transport"]
 
 _TOKEN = re.compile(r"<\|[a-z_]+\|>|\s*[^\s<]+|\s+|<")
 _SPECIAL = {"<|im_start|>", "<|im_end|>"}
@@ -58,11 +56,13 @@ class MockTGIServer:
         align_route: offer ``/diffpo/align`` in ``/info`` (as ``diffpo serve`` does); ``False``
             imitates a plain TGI.
         failures: HTTP statuses to answer, one per request, before answering normally
-            (429 carries ``Retry-After: 0``).
+            (429 carries ``Retry-After:`` :attr:`retry_after`).
     """
 
     align_route: bool = True
     failures: list[int] = field(default_factory=list)
+    retry_after: str = "0"
+    """``Retry-After`` sent with a queued 429."""
     requests: list[httpx2.Request] = field(default_factory=list)
 
     # -- routes -------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ class MockTGIServer:
         error_type = {422: "validation", 429: "overloaded", 424: "generation", 500: "incomplete_generation"}.get(
             status, "unknown"
         )
-        headers = {"Retry-After": "0"} if status == 429 else {}
+        headers = {"Retry-After": self.retry_after} if status == 429 else {}
         return httpx2.Response(
             status, json={"error": f"mock failure {status}", "error_type": error_type}, headers=headers
         )
@@ -177,32 +177,24 @@ class MockTGIServer:
 
 
 @contextmanager
-def mock_tgi(align_route: bool = True, failures: list[int] | None = None) -> Iterator[MockTGIServer]:
-    """Route every ``huggingface_hub`` HTTP call to a :class:`MockTGIServer` while the block runs.
+def mock_transport(handler: Callable[[httpx2.Request], httpx2.Response]) -> Iterator[None]:
+    """Answer every backend HTTP request with ``handler`` while the block runs; no socket is opened.
 
-    Any host name works (``http://mock-tgi``); no socket is opened.
+    On exit the HTTP client factory that was in use before is restored (nested blocks unwind in order).
+    """
+    transport = httpx2.MockTransport(handler)
+    with use_client_factory(lambda: httpx2.AsyncClient(transport=transport)):
+        yield
+
+
+@contextmanager
+def mock_tgi(align_route: bool = True, failures: list[int] | None = None) -> Iterator[MockTGIServer]:
+    """Route every backend HTTP request to a :class:`MockTGIServer` while the block runs.
+
+    Any host name works (``http://mock-tgi``); no socket is opened. On exit the HTTP client factory
+    that was in use before is restored.
     """
     server = MockTGIServer(align_route=align_route, failures=list(failures or []))
     # Look the handler up per request, so a test can wrap or replace server.handle.
-    transport = httpx2.MockTransport(lambda request: server.handle(request))
-    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
-    huggingface_hub.set_async_client_factory(lambda: httpx2.AsyncClient(transport=transport))
-    reset_async_sessions()
-    try:
+    with mock_transport(lambda request: server.handle(request)):
         yield server
-    finally:
-        huggingface_hub.set_client_factory(_default_client_factory())
-        huggingface_hub.set_async_client_factory(_default_async_client_factory())
-        reset_async_sessions()
-
-
-def _default_client_factory() -> Any:
-    from huggingface_hub.utils._http import default_client_factory
-
-    return default_client_factory
-
-
-def _default_async_client_factory() -> Any:
-    from huggingface_hub.utils._http import default_async_client_factory
-
-    return default_async_client_factory

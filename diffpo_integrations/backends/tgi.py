@@ -3,27 +3,18 @@
 Against the embedded server (``diffpo serve``) it uses the ``POST /diffpo/align`` route, which
 builds the prompt in exact token ids and decodes with the draft as a speed hint. Against a real
 TGI it builds the official DiffPO prompt here (tokenized by the server's ``/tokenize``) and calls
-``huggingface_hub``'s ``text_generation`` with greedy decoding and the template's end-of-turn stop.
-Both give the same answer.
+``/generate`` (``/generate_stream``) with greedy decoding and the template's end-of-turn stop.
+Both give the same answer. Every request goes through the backends' one transport
+(:class:`~diffpo_integrations.backends._transport.Transport`): one retry rule, one deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx2
-from huggingface_hub import AsyncInferenceClient, InferenceClient, get_session
-
-from diffpo_integrations.backends._transport import (
-    RetryPolicy,
-    async_session,
-    map_error,
-    parse_sse_line,
-    raise_for_answer,
-)
+from diffpo_integrations.backends._transport import TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -33,7 +24,14 @@ from diffpo_integrations.core.aligner import (
 from diffpo_integrations.core.errors import ConfigurationError, IncompleteGenerationError
 from diffpo_integrations.core.prompt import AlignPrompt, TokenSpan, assemble_answer, build_prompt, render_texts
 from diffpo_integrations.core.templates import BUILTIN_TEMPLATES, ChatTemplate, get_template
-from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, FinishReason, PromptMode
+from diffpo_integrations.core.types import (
+    AlignChunk,
+    AlignRequest,
+    AlignResult,
+    DecodeMethod,
+    FinishReason,
+    PromptMode,
+)
 
 __all__ = ["DEFAULT_ALIGNER_URL", "TGIAligner", "default_aligner_url"]
 
@@ -64,7 +62,7 @@ def _timings(headers: Any) -> dict[str, str]:
     return {h: str(headers[h]) for h in _TIMING_HEADERS if h in headers}
 
 
-class TGIAligner(BaseAligner):
+class TGIAligner(TransportCalls, BaseAligner):
     """Align drafts with a DiffPO aligner served by TGI or by ``diffpo serve``.
 
     Setup:
@@ -79,9 +77,11 @@ class TGIAligner(BaseAligner):
             ``"chatml"``, ``"smollm2"`` or a tokenizer path). Needed for a real TGI; the embedded
             server uses its model's own template when none is given.
         keep_prefix_tokens, max_new_tokens, prompt_mode, prefix_sampling, seed: see :class:`BaseAligner`.
-        timeout: seconds for one HTTP request.
-        deadline: seconds for one call, retries included.
-        max_retries: retries on overload (429), 5xx and connection errors, with jittered backoff.
+        timeout: seconds for one HTTP attempt (connect, send, wait and read together).
+        deadline: seconds for one whole call (``align``, ``aalign``, ``stream`` or ``astream``), retries
+            included: when it runs out the call raises ``AlignerTimeoutError`` at once.
+        max_retries: retries on connection errors, 502/503/504, 429 (after ``Retry-After``) and
+            incomplete generations, with jittered backoff (see ``docs/reliability.md``).
         use_align_route: ``None`` detects the embedded server's ``/diffpo/align`` route through
             ``/info``; ``False`` always uses plain ``/generate`` (as with a real TGI).
         method: decoding method asked of the embedded server (``auto``, ``greedy``, ``speculative``,
@@ -129,7 +129,7 @@ class TGIAligner(BaseAligner):
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
         use_align_route: bool | None = None,
-        method: Literal["auto", "greedy", "speculative", "jacobi"] | None = None,
+        method: DecodeMethod | None = None,
     ) -> None:
         super().__init__(
             template=template,
@@ -139,23 +139,19 @@ class TGIAligner(BaseAligner):
             prefix_sampling=prefix_sampling,
             seed=seed,
         )
-        self.base_url = (base_url or default_aligner_url()).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            msg = f"base_url must start with http:// or https://, got {self.base_url!r}"
-            raise ConfigurationError(msg)
-        self.endpoint = self.base_url
-        self.timeout = timeout
-        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
-        self.api_key = api_key or os.environ.get("DIFFPO_API_KEY")
-        self.headers = dict(headers or {})
-        if self.api_key:
-            self.headers.setdefault("Authorization", f"Bearer {self.api_key}")
+        self._connect(
+            (base_url or default_aligner_url()).rstrip("/"),
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            backoff=backoff,
+            api_key=api_key,
+            headers=headers,
+        )
         self.use_align_route = use_align_route
         self.method = method
         self._info: dict[str, Any] | None = None
         self._template: ChatTemplate | None = None
-        self.client = InferenceClient(base_url=self.base_url, timeout=timeout, headers=self.headers)
-        self.async_client = AsyncInferenceClient(base_url=self.base_url, timeout=timeout, headers=self.headers)
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -168,19 +164,19 @@ class TGIAligner(BaseAligner):
             raise ConfigurationError(msg)
         return str(route) if route else None
 
+    async def _get_info(self, deadline_at: float | None) -> dict[str, Any]:
+        if self._info is None:
+            response = await self.transport.request("GET", "/info", deadline_at=deadline_at)
+            self._info = dict(response.json())
+        return self._info
+
     def info(self) -> dict[str, Any]:
         """The server's ``GET /info`` answer (cached after the first call)."""
-        if self._info is None:
-            response = self.retry.call(lambda: self._get("/info"), self.endpoint)
-            self._info = dict(response)
-        return self._info
+        return self.transport.call(self._get_info)
 
     async def ainfo(self) -> dict[str, Any]:
         """Async :meth:`info`."""
-        if self._info is None:
-            response = await self.retry.acall(lambda: self._aget("/info"), self.endpoint)
-            self._info = dict(response)
-        return self._info
+        return await self.transport.acall(self._get_info)
 
     def _chat_template(self) -> ChatTemplate:
         if self._template is None:
@@ -192,30 +188,6 @@ class TGIAligner(BaseAligner):
                 raise ConfigurationError(msg)
             self._template = get_template(self.template)
         return self._template
-
-    # -- HTTP helpers -------------------------------------------------------------------------
-
-    def _get(self, path: str) -> Any:
-        response = get_session().get(self.base_url + path, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response.json()
-
-    def _post(self, path: str, body: dict[str, Any]) -> httpx2.Response:
-        response = get_session().post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response
-
-    async def _aget(self, path: str) -> Any:
-        async with async_session() as session:
-            response = await session.get(self.base_url + path, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response.json()
-
-    async def _apost(self, path: str, body: dict[str, Any]) -> httpx2.Response:
-        async with async_session() as session:
-            response = await session.post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
-        raise_for_answer(response, self.endpoint)
-        return response
 
     # -- request building (pure, shared by sync and async) --------------------------------------
 
@@ -263,14 +235,15 @@ class TGIAligner(BaseAligner):
         texts = render_texts(template, request.messages, request.draft, mode=self.prompt_mode)
         return {"inputs": texts.full}
 
-    def _generation_kwargs(self, request: AlignRequest, template: ChatTemplate) -> dict[str, Any]:
-        return {
+    def _generate_body(self, request: AlignRequest, prompt: AlignPrompt, *, stream: bool) -> dict[str, Any]:
+        parameters = {
             "max_new_tokens": request.max_new_tokens,
             "do_sample": False,
-            "stop": [template.end_of_turn],
+            "stop": [prompt.stop],
             "details": True,
             "return_full_text": False,
         }
+        return {"inputs": prompt.text, "parameters": parameters, "stream": stream}
 
     def _result_from_generation(
         self,
@@ -300,90 +273,78 @@ class TGIAligner(BaseAligner):
             },
         )
 
-    def _result_from_output(self, request: AlignRequest, prompt: AlignPrompt, output: Any) -> AlignResult:
-        details = output.details
-        return self._result_from_generation(
-            request, prompt, output.generated_text, str(details.finish_reason), [t.id for t in details.tokens]
-        )
-
-    def _result_from_events(self, request: AlignRequest, prompt: AlignPrompt, events: list[Any]) -> AlignResult:
-        if not events or events[-1].details is None:
+    def _result_from_events(
+        self, request: AlignRequest, prompt: AlignPrompt, events: list[dict[str, Any]]
+    ) -> AlignResult:
+        if not events or not events[-1].get("details"):
             msg = "the stream ended without its final event"
             raise IncompleteGenerationError(msg, endpoint=self.endpoint)
         last = events[-1]
-        text = last.generated_text
+        text = last.get("generated_text")
         if text is None:
-            text = "".join(e.token.text for e in events if not e.token.special)
+            tokens = [e.get("token") or {} for e in events]
+            text = "".join(str(t.get("text") or "") for t in tokens if not t.get("special"))
+        token_ids = [int((e.get("token") or {}).get("id", 0)) for e in events]
         return self._result_from_generation(
-            request, prompt, text, str(last.details.finish_reason), [e.token.id for e in events]
+            request, prompt, str(text), str(last["details"].get("finish_reason")), token_ids
         )
 
-    # -- sync ---------------------------------------------------------------------------------
+    # -- the one path of each call style, run on the transport loop ---------------------------------
 
-    def _align(self, request: AlignRequest) -> AlignResult:
-        if self._align_route_from(self.info()):
+    def align_body(self, request: AlignRequest, *, stream: bool = False) -> dict[str, Any]:
+        """The JSON body this aligner sends to ``POST /diffpo/align`` for ``request`` (for tools and benchmarks)."""
+        return self._align_body(request, stream)
 
-            def call() -> AlignResult:
-                response = self._post("/diffpo/align", self._align_body(request, stream=False))
-                return self._result_from_align(request, response.json(), response.headers)
-
-            return self.retry.call(call, self.endpoint)
+    async def _tokenized_prompt(self, request: AlignRequest, deadline_at: float | None) -> AlignPrompt:
         template = self._chat_template()
-        tokens = self.retry.call(
-            lambda: self._post("/tokenize", self._tokenize_body(request, template)).json(), self.endpoint
+        response = await self.transport.request(
+            "POST", "/tokenize", self._tokenize_body(request, template), deadline_at=deadline_at
         )
-        prompt = self._prompt(request, tokens, template)
-        output = self.retry.call(
-            lambda: self.client.text_generation(prompt.text, **self._generation_kwargs(request, template)),
-            self.endpoint,
-        )
-        return self._result_from_output(request, prompt, output)
+        return self._prompt(request, response.json(), template)
 
-    def _stream(self, request: AlignRequest) -> Iterator[AlignChunk]:
-        if self._align_route_from(self.info()):
-            yield from self._stream_align_route(request)
+    async def _run_align(self, request: AlignRequest, deadline_at: float | None) -> AlignResult:
+        if self._align_route_from(await self._get_info(deadline_at)):
+            body = self._align_body(request, stream=False)
+            response = await self.transport.request("POST", "/diffpo/align", body, deadline_at=deadline_at)
+            return self._result_from_align(request, response.json(), response.headers)
+        prompt = await self._tokenized_prompt(request, deadline_at)
+        body = self._generate_body(request, prompt, stream=False)
+        data = (await self.transport.request("POST", "/", body, deadline_at=deadline_at)).json()
+        if isinstance(data, list):  # TGI answers a list on "/", an object on "/generate"
+            data = data[0]
+        details = data.get("details") or {}
+        tokens = [int(t["id"]) for t in details.get("tokens") or []]
+        return self._result_from_generation(
+            request, prompt, str(data.get("generated_text") or ""), str(details.get("finish_reason")), tokens
+        )
+
+    async def _run_stream(self, request: AlignRequest, deadline_at: float | None) -> AsyncIterator[AlignChunk]:
+        if self._align_route_from(await self._get_info(deadline_at)):
+            body = self._align_body(request, stream=True)
+            headers: dict[str, str] = {}
+            lines = self.transport.lines("POST", "/diffpo/align", body, deadline_at=deadline_at, headers=headers)
+            async for line in lines:
+                event = parse_sse_line(line)
+                if event is not None:
+                    yield self._chunk_from_event(request, event, headers)
             return
-        template = self._chat_template()
-        tokens = self.retry.call(
-            lambda: self._post("/tokenize", self._tokenize_body(request, template)).json(), self.endpoint
-        )
-        prompt = self._prompt(request, tokens, template)
+        prompt = await self._tokenized_prompt(request, deadline_at)
         answer = AnswerStream(stop=prompt.stop)
         first = answer.feed(prompt.kept_text)
         if first:
             yield AlignChunk(text=first)
-        try:
-            events = self.retry.call(
-                lambda: self.client.text_generation(
-                    prompt.text, stream=True, **self._generation_kwargs(request, template)
-                ),
-                self.endpoint,
-            )
-            seen = []
-            for event in events:
-                seen.append(event)
-                piece = answer.feed("" if event.token.special else event.token.text)
-                if piece:
-                    yield AlignChunk(text=piece)
-        except Exception as exc:
-            raise map_error(exc, self.endpoint) from exc
-        yield AlignChunk(text="", result=self._result_from_events(request, prompt, seen))
-
-    def _stream_align_route(self, request: AlignRequest) -> Iterator[AlignChunk]:
-        body = self._align_body(request, stream=True)
-        try:
-            with get_session().stream(
-                "POST", self.base_url + "/diffpo/align", json=body, headers=self.headers, timeout=self.timeout
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise_for_answer(response, self.endpoint)
-                for line in response.iter_lines():
-                    event = parse_sse_line(line)
-                    if event is not None:
-                        yield self._chunk_from_event(request, event, response.headers)
-        except Exception as exc:
-            raise map_error(exc, self.endpoint) from exc
+        events: list[dict[str, Any]] = []
+        body = self._generate_body(request, prompt, stream=True)
+        async for line in self.transport.lines("POST", "/", body, deadline_at=deadline_at):
+            event = parse_sse_line(line)
+            if event is None:
+                continue
+            events.append(event)
+            token = event.get("token") or {}
+            piece = answer.feed("" if token.get("special") else str(token.get("text") or ""))
+            if piece:
+                yield AlignChunk(text=piece)
+        yield AlignChunk(text="", result=self._result_from_events(request, prompt, events))
 
     def _chunk_from_event(self, request: AlignRequest, event: dict[str, Any], headers: Any) -> AlignChunk:
         result = event.get("result")
@@ -391,79 +352,3 @@ class TGIAligner(BaseAligner):
             text=event.get("text", ""),
             result=self._result_from_align(request, result, headers) if result is not None else None,
         )
-
-    # -- async --------------------------------------------------------------------------------
-
-    async def _aalign(self, request: AlignRequest) -> AlignResult:
-        if self._align_route_from(await self.ainfo()):
-
-            async def call() -> AlignResult:
-                response = await self._apost("/diffpo/align", self._align_body(request, stream=False))
-                return self._result_from_align(request, response.json(), response.headers)
-
-            return await self.retry.acall(call, self.endpoint)
-        template = self._chat_template()
-        tokenized = await self.retry.acall(
-            lambda: self._apost("/tokenize", self._tokenize_body(request, template)), self.endpoint
-        )
-        prompt = self._prompt(request, tokenized.json(), template)
-        output = await self.retry.acall(
-            lambda: self.async_client.text_generation(prompt.text, **self._generation_kwargs(request, template)),
-            self.endpoint,
-        )
-        return self._result_from_output(request, prompt, output)
-
-    async def _astream(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
-        if self._align_route_from(await self.ainfo()):
-            async for chunk in self._astream_align_route(request):
-                yield chunk
-            return
-        template = self._chat_template()
-        tokenized = await self.retry.acall(
-            lambda: self._apost("/tokenize", self._tokenize_body(request, template)), self.endpoint
-        )
-        prompt = self._prompt(request, tokenized.json(), template)
-        answer = AnswerStream(stop=prompt.stop)
-        first = answer.feed(prompt.kept_text)
-        if first:
-            yield AlignChunk(text=first)
-        try:
-            events = await self.retry.acall(
-                lambda: self.async_client.text_generation(
-                    prompt.text, stream=True, **self._generation_kwargs(request, template)
-                ),
-                self.endpoint,
-            )
-            seen = []
-            async for event in events:
-                seen.append(event)
-                piece = answer.feed("" if event.token.special else event.token.text)
-                if piece:
-                    yield AlignChunk(text=piece)
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as exc:
-            raise map_error(exc, self.endpoint) from exc
-        yield AlignChunk(text="", result=self._result_from_events(request, prompt, seen))
-
-    async def _astream_align_route(self, request: AlignRequest) -> AsyncIterator[AlignChunk]:
-        body = self._align_body(request, stream=True)
-        try:
-            async with (
-                async_session() as session,
-                session.stream(
-                    "POST", self.base_url + "/diffpo/align", json=body, headers=self.headers, timeout=self.timeout
-                ) as response,
-            ):
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise_for_answer(response, self.endpoint)
-                async for line in response.aiter_lines():
-                    event = parse_sse_line(line)
-                    if event is not None:
-                        yield self._chunk_from_event(request, event, response.headers)
-        except (asyncio.CancelledError, GeneratorExit):
-            # Leaving the ``async with`` closes the HTTP stream, so the server stops generating.
-            raise
-        except Exception as exc:
-            raise map_error(exc, self.endpoint) from exc

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from diffpo_integrations.cli._common import fail
+from diffpo_integrations.server_flags import add_server_arguments, server_options
 
-__all__ = ["add_server_arguments", "register", "run", "server_options"]
+__all__ = ["register", "run"]
 
 
 def register(sub: Any) -> None:
@@ -24,45 +25,11 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the server's flags: one set for ``diffpo serve`` and ``python -m diffpo_integrations.server``."""
-    parser.add_argument(
-        "--model", default=None, help="model folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-concurrent-requests", type=int, default=None)
-    parser.add_argument(
-        "--max-batch-size", type=int, default=None, help="generations decoded together (1: one at a time; default 8)"
-    )
-    parser.add_argument("--num-threads", type=int, default=None, help="torch threads for the model (default: torch's)")
-    parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before answering 429")
-    parser.add_argument("--max-input-tokens", type=int, default=None)
-    parser.add_argument("--max-total-tokens", type=int, default=None)
-    parser.add_argument("--api-key", default=None, help="require this bearer token (or set DIFFPO_API_KEY)")
-    parser.add_argument(
-        "--method", default=None, choices=["auto", "greedy", "speculative", "jacobi"], help="default decoding method"
-    )
-    parser.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
-    parser.add_argument("--log-level", default=None, help="uvicorn's log level (default info)")
-
-
-def server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``ServerConfig`` fields set on the command line; flags left out keep the config's defaults.
-
-    Needs the server extra, as anything that builds a ``ServerConfig`` does.
-    """
-    from diffpo_integrations.server.config import ServerConfig
-
-    fields = ServerConfig.model_fields
-    return {k: v for k, v in vars(args).items() if k in fields and v is not None and v is not False}
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``diffpo serve`` until interrupted."""
     try:
         from diffpo_integrations.server import ServerConfig, run_server
     except ImportError as exc:
         return fail(f"serving needs the server extra: pip install 'diffpo-integrations[server]' ({exc})")
-    run_server(ServerConfig(**server_options(args)))
+    run_server(ServerConfig(**server_options(args, ServerConfig.model_fields)))
     return 0

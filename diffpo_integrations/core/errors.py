@@ -4,9 +4,10 @@ Every failure that reaches a user is a :class:`DiffPOError`, so one ``except`` c
 them all, and the subclass says what to do next::
 
     DiffPOError
-    ├── ConfigurationError          bad constructor argument or missing extra
+    ├── ConfigurationError          bad constructor argument, missing extra or model, wiring mistake
+    │   ├── ModelNotFoundError      the model path or the default model's package is missing
+    │   └── ConversationNotFoundError   a chain step could not find the conversation
     ├── InputError                  bad conversation, draft or option (fix the call)
-    ├── ConversationNotFoundError   a chain step could not find the conversation
     └── AlignerError                the aligner failed; ``endpoint`` and ``status`` set when known
         ├── ServerValidationError   TGI ``validation`` (HTTP 422)
         ├── OverloadedError         TGI ``overloaded`` (HTTP 429); ``retry_after`` in seconds
@@ -14,8 +15,10 @@ them all, and the subclass says what to do next::
         ├── IncompleteGenerationError  TGI ``incomplete_generation`` (HTTP 500)
         ├── AlignerConnectionError  the endpoint could not be reached
         ├── AlignerTimeoutError     a deadline ran out
+        ├── EngineError             the in-process engine failed while decoding
         └── AuthenticationError     HTTP 401/403
 
+Which errors are retried, fail over or fall back is decided in :mod:`diffpo_integrations.core.policy`.
 :func:`error_from_tgi_payload` is the one place that turns TGI's ``{"error", "error_type"}``
 answers into this tree.
 """
@@ -32,10 +35,12 @@ __all__ = [
     "ConfigurationError",
     "ConversationNotFoundError",
     "DiffPOError",
+    "EngineError",
     "FailOpenWarning",
     "GenerationError",
     "IncompleteGenerationError",
     "InputError",
+    "ModelNotFoundError",
     "OverloadedError",
     "ServerValidationError",
     "error_from_tgi_payload",
@@ -50,12 +55,19 @@ class ConfigurationError(DiffPOError, ValueError):
     """A constructor argument is invalid, or an optional dependency is missing."""
 
 
+class ModelNotFoundError(ConfigurationError, FileNotFoundError):
+    """The aligner model (a path, a ``.gguf`` file or the default model's package) is missing."""
+
+
 class InputError(DiffPOError, ValueError):
     """The conversation, the draft or an option of one call is invalid."""
 
 
-class ConversationNotFoundError(DiffPOError, LookupError):
-    """A chain step received a draft but could not find the conversation that produced it."""
+class ConversationNotFoundError(ConfigurationError, LookupError):
+    """A chain step received a draft but could not find the conversation that produced it.
+
+    A wiring mistake, so a :class:`ConfigurationError`: ``fail_policy="open"`` never hides it.
+    """
 
 
 class FailOpenWarning(UserWarning):
@@ -120,6 +132,10 @@ class AlignerConnectionError(AlignerError):
 
 class AlignerTimeoutError(AlignerError):
     """The call's deadline ran out."""
+
+
+class EngineError(AlignerError, RuntimeError):
+    """The in-process decoding engine failed (a model or state problem, not the request)."""
 
 
 class AuthenticationError(AlignerError):

@@ -13,6 +13,8 @@ __all__ = [
     "AlignChunk",
     "AlignRequest",
     "AlignResult",
+    "DecodeFinishReason",
+    "DecodeMethod",
     "FailPolicy",
     "FinishReason",
     "Message",
@@ -25,7 +27,13 @@ __all__ = [
 Role = Literal["system", "user", "assistant"]
 PromptMode = Literal["official", "clean"]
 FailPolicy = Literal["open", "closed"]
-FinishReason = Literal["eos_token", "length", "stop_sequence", "error"]
+DecodeMethod = Literal["auto", "greedy", "speculative", "jacobi"]
+"""How an aligner decodes: ``auto`` (speculative with a draft), ``greedy``, ``speculative`` or ``jacobi``."""
+DecodeFinishReason = Literal["eos_token", "length"]
+"""Why the decoder stopped: the end of the turn, or the token limit."""
+FinishReason = Literal[DecodeFinishReason, "stop_sequence", "error"]
+"""Why an alignment ended: a :data:`DecodeFinishReason`, a stop sequence (remote servers), or an error
+(the flagged draft of a fail-open policy)."""
 
 
 class Message(BaseModel):

@@ -14,9 +14,9 @@ prompt building lives in :mod:`diffpo_integrations.core`.
 
 from diffpo_integrations.engine.batching import BatchScheduler, supports_batching, use_scheduler
 from diffpo_integrations.engine.decoding import (
+    DecodeFinishReason,
     DecodeMethod,
     DecodeResult,
-    FinishReason,
     TokenCallback,
     decode,
     greedy,
@@ -31,7 +31,7 @@ __all__ = [
     "BatchScheduler",
     "DecodeMethod",
     "DecodeResult",
-    "FinishReason",
+    "DecodeFinishReason",
     "LoadedModel",
     "SpeculationConfig",
     "TokenCallback",

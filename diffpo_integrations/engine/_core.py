@@ -11,13 +11,16 @@ import threading
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from diffpo_integrations.core.errors import InputError
+from diffpo_integrations.core.types import DecodeFinishReason
+
 __all__ = [
     "DecodeResult",
-    "FinishReason",
+    "DecodeFinishReason",
     "TokenCallback",
     "argmax_ids",
     "cache_keyword",
@@ -30,7 +33,6 @@ __all__ = [
     "takes_logits_to_keep",
 ]
 
-FinishReason = Literal["eos_token", "length"]
 """Why decoding ended: a stop token was produced, or ``max_new_tokens`` was reached."""
 
 TokenCallback = Callable[[int], None]
@@ -53,7 +55,7 @@ class DecodeResult:
     """
 
     tokens: list[int]
-    finish_reason: FinishReason
+    finish_reason: DecodeFinishReason
     forward_passes: int
     accepted_draft_tokens: int
     prefill_tokens: int
@@ -76,10 +78,10 @@ def check_decode_args(input_ids: Sequence[int], max_new_tokens: int) -> list[int
     prompt = [int(t) for t in input_ids]
     if not prompt:
         msg = "input_ids must hold at least one token (the model needs a position to predict from)"
-        raise ValueError(msg)
+        raise InputError(msg)
     if max_new_tokens < 0:
         msg = f"max_new_tokens must be >= 0, got {max_new_tokens}"
-        raise ValueError(msg)
+        raise InputError(msg)
     return prompt
 
 
@@ -106,7 +108,7 @@ class Emitter:
         self.stop_token_ids = frozenset(int(t) for t in stop_token_ids)
         self.on_token = on_token
         # A zero budget is finished before any pass runs.
-        self.finish_reason: FinishReason | None = "length" if max_new_tokens == 0 else None
+        self.finish_reason: DecodeFinishReason | None = "length" if max_new_tokens == 0 else None
 
     @property
     def done(self) -> bool:

@@ -10,17 +10,15 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from diffpo_integrations.core.aligner import AnswerStream
 from diffpo_integrations.core.errors import ConfigurationError, InputError
 from diffpo_integrations.core.prompt import AlignPrompt, assemble_answer, build_prompt, hf_token_spans, render_texts
 from diffpo_integrations.core.templates import ChatTemplate, TokenizerTemplate, get_template
-from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, PromptMode
+from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, DecodeMethod, PromptMode
 
 __all__ = ["DecodeMethod", "EngineAligner"]
-
-DecodeMethod = Literal["auto", "greedy", "speculative", "jacobi"]
 
 
 @dataclass

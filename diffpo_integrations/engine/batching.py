@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from diffpo_integrations.core.errors import ConfigurationError, EngineError
+
 from ._core import KVSession, argmax_ids, cache_keyword, model_device, model_lock, takes_logits_to_keep
 
 __all__ = [
@@ -122,10 +124,10 @@ class BatchScheduler:
     def __init__(self, model: Any, max_sessions: int = 8, max_step_tokens: int = 512) -> None:
         if not supports_batching(model):
             msg = f"{type(model).__name__} cannot be batched: its attention layout needs the single-sequence path"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         if max_step_tokens < 1:
             msg = f"max_step_tokens must be >= 1, got {max_step_tokens}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         self.model = model
         self.max_sessions = max_sessions
         self.max_step_tokens = max_step_tokens
@@ -170,7 +172,7 @@ class BatchScheduler:
             if self._stopping:
                 self._slots.release()
                 msg = "the batch scheduler is closed"
-                raise RuntimeError(msg)
+                raise EngineError(msg)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="diffpo-batch", daemon=True)
                 self._thread.start()

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from diffpo_integrations.core.errors import ConfigurationError
+from diffpo_integrations.core.types import DecodeMethod
+
 from ._core import (
+    DecodeFinishReason,
     DecodeResult,
     Emitter,
-    FinishReason,
     TokenCallback,
     check_decode_args,
     full_forward_argmax,
@@ -38,7 +41,7 @@ from .speculation import SpeculationConfig, speculative
 __all__ = [
     "DecodeResult",
     "DecodeMethod",
-    "FinishReason",
+    "DecodeFinishReason",
     "TokenCallback",
     "decode",
     "greedy",
@@ -46,7 +49,6 @@ __all__ = [
     "speculative",
 ]
 
-DecodeMethod = Literal["auto", "greedy", "speculative", "jacobi"]
 """Method names accepted by :func:`decode`."""
 
 
@@ -152,10 +154,10 @@ def reference_jacobi(
     prompt = check_decode_args(input_ids, max_new_tokens)
     if block_size < 1:
         msg = f"block_size must be >= 1, got {block_size}"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     if max_iter < 0:
         msg = f"max_iter must be >= 0, got {max_iter}"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     draft = [int(t) for t in draft_ids]
     filler = pad_token_id if pad_token_id is not None else (draft or prompt)[-1]
     emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
@@ -262,4 +264,4 @@ def decode(
             on_token=on_token,
         )
     msg = f"unknown decoding method {method!r}; expected 'auto', 'greedy', 'speculative' or 'jacobi'"
-    raise ValueError(msg)
+    raise ConfigurationError(msg)

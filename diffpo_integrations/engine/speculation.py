@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from diffpo_integrations.core.errors import ConfigurationError
+
 from ._core import (
     DecodeResult,
     Emitter,
@@ -363,7 +365,7 @@ def speculative(
     prompt = check_decode_args(input_ids, max_new_tokens)
     if chunk_size is not None and chunk_size < 0:
         msg = f"chunk_size must be >= 0 or None, got {chunk_size}"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
     if emitter.done:
         return emitter.result(forward_passes=0, accepted=0, prefill_tokens=len(prompt), elapsed_s=0.0)

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-import huggingface_hub
 from huggingface_hub import InferenceClient, get_async_session, get_session
-from huggingface_hub.utils._http import default_async_client_factory, default_client_factory
 
+from diffpo_integrations.backends.testing import mock_transport
 from diffpo_integrations.backends.tgi import TGIAligner
 from diffpo_integrations.evaluation.delay_server import ALIGN_ANSWER, GENERATE_ANSWER, INFO
 
@@ -77,26 +76,36 @@ class OverheadResult:
         return self.ratio("TGIAligner.aalign")
 
 
-def _variants(base_url: str) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
-    """The calls to time, and the baseline each one is compared with."""
+def _variants(
+    base_url: str, session: httpx2.Client | None = None
+) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    """The calls to time, and the baseline each one is compared with.
+
+    ``session`` carries the raw baselines (default: ``huggingface_hub``'s shared session, and its
+    ``InferenceClient`` as one more baseline).
+    """
     aligner = TGIAligner(base_url, max_retries=0)
     aligner.info()  # discovery is cached after the first call; keep it out of the timings
-    body = aligner._align_body(aligner.request(MESSAGES, DRAFT), stream=False)
+    body = aligner.align_body(aligner.request(MESSAGES, DRAFT))
     url = base_url + "/diffpo/align"
-    client = InferenceClient(base_url=base_url)
+    raw = session or get_session()
 
     def raw_post() -> Any:
-        response = get_session().post(url, json=body, headers=aligner.headers, timeout=aligner.timeout)
+        response = raw.post(url, json=body, headers=aligner.headers, timeout=aligner.timeout)
         response.raise_for_status()
         return response.json()
 
     variants: dict[str, Callable[[], Any]] = {
         "raw session POST /diffpo/align": raw_post,
-        "raw InferenceClient.text_generation": lambda: client.text_generation("Seven is a", max_new_tokens=16),
         "TGIAligner.align": lambda: aligner.align(MESSAGES, DRAFT),
     }
     baseline = {name: "raw session POST /diffpo/align" for name in variants}
-    baseline["raw InferenceClient.text_generation"] = "raw InferenceClient.text_generation"
+    if session is None:
+        client = InferenceClient(base_url=base_url)
+        variants["raw InferenceClient.text_generation"] = lambda: client.text_generation(
+            "Seven is a", max_new_tokens=16
+        )
+        baseline["raw InferenceClient.text_generation"] = "raw InferenceClient.text_generation"
     try:
         from langchain_core.messages import AIMessage
         from langchain_core.runnables import RunnableLambda
@@ -168,8 +177,8 @@ def _raw_wrapper_llm(inner: Any, post: Callable[[], Any]) -> Any:
 
 
 @contextmanager
-def _in_process() -> Iterator[str]:
-    """Route ``huggingface_hub``'s sessions to canned answers in this process; yield a base URL."""
+def _in_process() -> Iterator[tuple[str, httpx2.Client]]:
+    """Route the backends' HTTP to canned answers in this process; yield a base URL and a raw client for them."""
 
     def handle(request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -178,13 +187,8 @@ def _in_process() -> Iterator[str]:
         payload: object = ALIGN_ANSWER if path == "/diffpo/align" else GENERATE_ANSWER
         return httpx2.Response(200, json=[payload] if path == "/" else payload)
 
-    transport = httpx2.MockTransport(handle)
-    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
-    try:
-        yield "http://in-process"
-    finally:
-        huggingface_hub.set_client_factory(default_client_factory)
-        huggingface_hub.set_async_client_factory(default_async_client_factory)
+    with mock_transport(handle), httpx2.Client(transport=httpx2.MockTransport(handle)) as raw:
+        yield "http://in-process", raw
 
 
 def _time_sync(variants: dict[str, Callable[[], Any]], iterations: int, warmup: int) -> dict[str, list[float]]:
@@ -206,7 +210,7 @@ async def _time_async(
     aligner = TGIAligner(base_url, max_retries=0)
     await aligner.ainfo()
     url = base_url + "/diffpo/align"
-    body = aligner._align_body(aligner.request(MESSAGES, DRAFT), stream=False)
+    body = aligner.align_body(aligner.request(MESSAGES, DRAFT))
     shared = get_async_session()
 
     async def raw_shared() -> Any:
@@ -253,8 +257,8 @@ def run_overhead(
     """Time every variant against the server at ``base_url`` (a :func:`delay_server`)."""
     variants, baseline = _variants(base_url)
     samples = _time_sync(variants, iterations, warmup)
-    with _in_process() as url:
-        local, _ = _variants(url)
+    with _in_process() as (url, raw):
+        local, _ = _variants(url, raw)
         in_process = _time_sync(local, in_process_iterations, warmup)
     timings = asyncio.run(_time_async(base_url, async_calls, async_rounds, concurrency))
     return OverheadResult(
@@ -283,7 +287,7 @@ def format_table(result: OverheadResult, target_ms: float = 0.5, target_ratio: f
             lines.append(f"{name:<{width}}{median:>10.3f}{'':>10}{'':>10}  (baseline)")
             continue
         added = result.added_ms(name)
-        local = result.added_in_process_ms(name) if result.in_process_ms else float("nan")
+        local = result.added_in_process_ms(name) if name in result.in_process_ms else float("nan")
         # Rows built on the raw client measure LangChain's or LlamaIndex's own machinery.
         mark = "" if "raw" in name else " [ok]" if min(added, local) <= target_ms else f" [ABOVE {target_ms} ms]"
         lines.append(f"{name:<{width}}{median:>10.3f}{added:>+10.3f}{local:>+10.3f}  {base}{mark}")

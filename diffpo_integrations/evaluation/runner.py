@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from diffpo_integrations.core.aligner import Aligner
-from diffpo_integrations.core.errors import ConfigurationError, DiffPOError, InputError
+from diffpo_integrations.core.errors import ConfigurationError, InputError
+from diffpo_integrations.core.policy import fall_back
 from diffpo_integrations.core.types import AlignResult
 from diffpo_integrations.evaluation.mtbench import (
     AlignedRecord,
@@ -171,11 +172,9 @@ async def arun_eval(
         async with semaphore:
             try:
                 result = await aligner.aalign(turn.messages, turn.draft, **call_options)
-            except ConfigurationError:
-                raise
-            except DiffPOError as exc:
-                # Fail open, as the plugin does: the line keeps the draft and says why.
-                result = AlignResult.unaligned(turn.draft, exc, endpoint=endpoint)
+            except Exception as exc:
+                # Fail open, under the one core policy: the line keeps the draft and says why.
+                result = fall_back("open", turn.draft, exc, endpoint=endpoint)
         counts["aligned" if result.aligned else "failed"] += 1
         if bar is not None:
             bar.update(1)

@@ -32,7 +32,7 @@ from langchain_core.tracers.context import register_configure_hook
 from diffpo_integrations.core.errors import ConversationNotFoundError
 from diffpo_integrations.langchain._runs import ALIGNER_TAG, DRAFT_TAG
 
-__all__ = ["PROMPT_CAPTURE", "CapturedConversation", "PromptCapture"]
+__all__ = ["PROMPT_CAPTURE", "CapturedConversation", "PromptCapture", "install_capture_hook"]
 
 # LangChain names a model's output message after the model run: "lc_run--<run id>".
 _LC_RUN_PREFIX = "lc_run--"
@@ -230,6 +230,19 @@ PROMPT_CAPTURE = PromptCapture()
 """The process-wide handler; LangChain adds it to every callback manager it configures."""
 
 # A default value (not ``.set()``) so every thread and task sees the handler, including threads
-# started before this module was imported.
+# started before the hook was installed.
 _capture_var: ContextVar[PromptCapture | None] = ContextVar("diffpo_prompt_capture", default=PROMPT_CAPTURE)
-register_configure_hook(_capture_var, inheritable=True)
+_installed = threading.Lock()
+_hook: list[bool] = []
+
+
+def install_capture_hook() -> None:
+    """Add :data:`PROMPT_CAPTURE` to every LangChain run from now on (idempotent).
+
+    Called when the first DiffPO LangChain component is built, not on import: importing the
+    package leaves LangChain's global hooks alone.
+    """
+    with _installed:
+        if not _hook:
+            register_configure_hook(_capture_var, inheritable=True)
+            _hook.append(True)

@@ -8,7 +8,6 @@ sync and async paths share :class:`_DraftBuffer` and the result helpers, so they
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Literal
 
@@ -21,13 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from diffpo_integrations.core.aligner import Aligner, check_aligner
 from diffpo_integrations.core.errors import (
-    AlignerError,
     ConfigurationError,
     FailOpenWarning,
     IncompleteGenerationError,
-    InputError,
 )
+from diffpo_integrations.core.policy import check_fail_policy, fall_back, falls_back
 from diffpo_integrations.core.types import AlignResult, FailPolicy
+from diffpo_integrations.langchain._capture import install_capture_hook
 from diffpo_integrations.langchain._convert import (
     ConversationLike,
     aligned_message,
@@ -60,10 +59,6 @@ Resolve = Callable[[AIMessage], ConversationLike]
 Notify = Callable[[AlignResult], None]
 AsyncNotify = Callable[[AlignResult], Awaitable[None]]
 
-# Errors of one call that a fail-open policy absorbs. ConversationNotFoundError and
-# ConfigurationError are wiring mistakes: returning drafts silently would hide them forever.
-_RECOVERABLE = (AlignerError, InputError)
-
 
 class AlignerSettings(BaseModel):
     """Pydantic fields shared by :class:`DiffPOAlign` and :class:`ChatDiffPO`."""
@@ -82,13 +77,15 @@ class AlignerSettings(BaseModel):
     stream_policy: StreamPolicy = "full_draft"
     """``"full_draft"`` waits for the whole draft; ``"early"`` starts once the kept prefix has arrived."""
 
+    _alignment: Alignment | None = PrivateAttr(default=None)
+    _alignment_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
     def __init__(self, *args: Any, **data: Any) -> None:
         # Checked before pydantic, which would wrap the ConfigurationError in a ValidationError.
         check_aligner(data.get("aligner"))
+        # The prompt-capture callback joins LangChain's runs when the first component is built.
+        install_capture_hook()
         super().__init__(*args, **data)
-
-    _alignment: Alignment | None = PrivateAttr(default=None)
-    _alignment_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def alignment(self) -> Alignment:
@@ -222,9 +219,7 @@ class Alignment:
         stream_policy: StreamPolicy = "full_draft",
         keep_prefix_tokens: int | None = None,
     ) -> None:
-        if fail_policy not in ("open", "closed"):
-            msg = f"fail_policy must be 'open' or 'closed', got {fail_policy!r}"
-            raise ConfigurationError(msg)
+        check_fail_policy(fail_policy)
         if stream_policy not in ("full_draft", "early"):
             msg = f"stream_policy must be 'full_draft' or 'early', got {stream_policy!r}"
             raise ConfigurationError(msg)
@@ -260,13 +255,17 @@ class Alignment:
             raise ConfigurationError(msg)
         return r + 1
 
-    def _unaligned(self, draft: str, error: Exception) -> AlignResult:
-        """Raise under fail-closed; under fail-open, warn and return the flagged draft result."""
-        if self.fail_policy == "closed":
-            raise error
-        result = AlignResult.unaligned(draft, error, endpoint=self.endpoint)
-        warnings.warn(f"DiffPO returned the draft unaligned: {result.error}", FailOpenWarning, stacklevel=4)
-        return result
+    def _unaligned(self, draft: str, error: Exception, emitted: bool = False) -> AlignResult:
+        """The core fail policy: raise, or warn and return the flagged draft result."""
+        return fall_back(
+            self.fail_policy,
+            draft,
+            error,
+            endpoint=self.endpoint,
+            emitted=emitted,
+            warning=FailOpenWarning,
+            stacklevel=5,
+        )
 
     # -- whole messages -----------------------------------------------------------------------
 
@@ -282,7 +281,7 @@ class Alignment:
         text = message_text(draft)
         try:
             result = (aligner or self.aligner).align(to_conversation(conversation(draft)), text, **self._options())
-        except _RECOVERABLE as err:
+        except Exception as err:
             result = self._unaligned(text, err)
             notify(result)
             return unaligned_message(draft, result)
@@ -299,7 +298,7 @@ class Alignment:
             result = await (aligner or self.aligner).aalign(
                 to_conversation(conversation(draft)), text, **self._options()
             )
-        except _RECOVERABLE as err:
+        except Exception as err:
             result = self._unaligned(text, err)
             await notify(result)
             return unaligned_message(draft, result)
@@ -348,8 +347,8 @@ class Alignment:
                 result = piece.result or result
             result = _require(result)
             _close(chunks)
-        except _RECOVERABLE as err:
-            if emitted or self.fail_policy == "closed":
+        except Exception as err:
+            if emitted or self.fail_policy == "closed" or not falls_back(err):
                 raise
             for chunk in buffer.chunks:
                 yield _not_last(chunk)
@@ -400,8 +399,8 @@ class Alignment:
                 result = piece.result or result
             result = _require(result)
             await _aclose(chunks)
-        except _RECOVERABLE as err:
-            if emitted or self.fail_policy == "closed":
+        except Exception as err:
+            if emitted or self.fail_policy == "closed" or not falls_back(err):
                 raise
             for chunk in buffer.chunks:
                 yield _not_last(chunk)

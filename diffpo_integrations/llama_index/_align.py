@@ -10,10 +10,9 @@ from __future__ import annotations
 import inspect
 import threading
 import uuid
-import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, get_args
+from typing import Any
 
 # llama_index.core.instrumentation re-exports these without __all__ (strict mypy rejects that);
 # they are the same objects, from the package llama-index-core itself depends on.
@@ -22,17 +21,14 @@ from llama_index_instrumentation.dispatcher import active_instrument_tags
 from llama_index_instrumentation.span import active_span_id
 
 from diffpo_integrations.core.aligner import Aligner, check_aligner
-from diffpo_integrations.core.errors import AlignerError, ConfigurationError, InputError
+from diffpo_integrations.core.errors import AlignerError
+from diffpo_integrations.core.policy import check_fail_policy, fall_back
 from diffpo_integrations.core.types import AlignChunk, AlignResult, FailPolicy, Message
 from diffpo_integrations.llama_index.events import DiffPOAlignEndEvent, DiffPOAlignStartEvent, DiffPOFailOpenWarning
 
 __all__ = ["DiffPOAlignment", "current_span_id", "default_aligner"]
 
 dispatcher = get_dispatcher(__name__)
-
-_FALLBACK_ERRORS = (AlignerError, InputError)
-"""What ``fail_policy="open"`` falls back on: the aligner failed, or could not take this conversation.
-A ``ConfigurationError`` always raises: a wrong setup should fail loudly, not hide behind drafts."""
 
 _DRAFT_MEMORY = 512
 """Aligned answers remembered (per wrapper) so later turns can show the aligner the original drafts."""
@@ -72,9 +68,7 @@ class DiffPOAlignment:
         fail_policy: FailPolicy = "closed",
         align_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if fail_policy not in get_args(FailPolicy):
-            msg = f"fail_policy must be 'open' or 'closed', got {fail_policy!r}"
-            raise ConfigurationError(msg)
+        check_fail_policy(fail_policy)
         aligner = check_aligner(aligner)
         self.aligner: Aligner = aligner if aligner is not None else default_aligner()
         self.fail_policy: FailPolicy = fail_policy
@@ -101,7 +95,7 @@ class DiffPOAlignment:
         self._started(messages, draft, caller)
         try:
             result = self.aligner.align(messages, draft.strip(), **self.align_options)
-        except _FALLBACK_ERRORS as err:
+        except Exception as err:
             result = self._failed(err, draft)
         self._ended(result, caller)
         return result
@@ -112,7 +106,7 @@ class DiffPOAlignment:
         self._started(messages, draft, caller)
         try:
             result = await self.aligner.aalign(messages, draft.strip(), **self.align_options)
-        except _FALLBACK_ERRORS as err:
+        except Exception as err:
             result = self._failed(err, draft)
         self._ended(result, caller)
         return result
@@ -141,10 +135,8 @@ class DiffPOAlignment:
                     emitted = emitted or bool(chunk.text)
                     result = chunk.result or result
                     yield chunk
-            except _FALLBACK_ERRORS as err:
-                if emitted:
-                    raise
-                result = self._failed(err, draft)
+            except Exception as err:
+                result = self._failed(err, draft, emitted)
                 yield AlignChunk(text=draft, result=result)
             result = _require(result, self.aligner)
             self._ended(result, caller, span_id)
@@ -167,10 +159,8 @@ class DiffPOAlignment:
                     emitted = emitted or bool(chunk.text)
                     result = chunk.result or result
                     yield chunk
-            except _FALLBACK_ERRORS as err:
-                if emitted:
-                    raise
-                result = self._failed(err, draft)
+            except Exception as err:
+                result = self._failed(err, draft, emitted)
                 yield AlignChunk(text=draft, result=result)
             result = _require(result, self.aligner)
             self._ended(result, caller, span_id)
@@ -223,15 +213,19 @@ class DiffPOAlignment:
             event.span_id = span_id
         dispatcher.event(event)
 
-    def _failed(self, err: AlignerError | InputError, draft: str) -> AlignResult:
-        if self.fail_policy == "closed":
-            raise err
-        endpoint = getattr(err, "endpoint", None) or getattr(self.aligner, "endpoint", None)
-        result = AlignResult.unaligned(draft, err, endpoint=endpoint if isinstance(endpoint, str) else None)
-        msg = f"DiffPO alignment failed, returning the draft unaligned (fail_policy='open'): {result.error}"
-        # stacklevel 3 points at the wrapper method the user called rather than at this helper.
-        warnings.warn(msg, DiffPOFailOpenWarning, stacklevel=3)
-        return result
+    def _failed(self, err: Exception, draft: str, emitted: bool = False) -> AlignResult:
+        """The core fail policy: raise, or warn and return the flagged draft result."""
+        endpoint = getattr(self.aligner, "endpoint", None)
+        # stacklevel 4 points at the wrapper method the user called rather than at these helpers.
+        return fall_back(
+            self.fail_policy,
+            draft,
+            err,
+            endpoint=endpoint if isinstance(endpoint, str) else None,
+            emitted=emitted,
+            warning=DiffPOFailOpenWarning,
+            stacklevel=4,
+        )
 
 
 def _require(result: AlignResult | None, aligner: Aligner) -> AlignResult:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from diffpo_integrations.cli.serve import add_server_arguments, server_options
 from diffpo_integrations.server.config import ServerConfig
 from diffpo_integrations.server.serve import run_server
+from diffpo_integrations.server_flags import add_server_arguments, server_options
 
 __all__ = ["main"]
 
@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffpo_integrations.server", description=__doc__)
     add_server_arguments(parser)
     args = parser.parse_args(argv)
-    run_server(ServerConfig(**server_options(args)))
+    run_server(ServerConfig(**server_options(args, ServerConfig.model_fields)))
     return 0
 
 

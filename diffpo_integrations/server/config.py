@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from diffpo_integrations.core.types import DecodeMethod
+
 __all__ = ["DecodeMethod", "ServerConfig"]
 
-DecodeMethod = Literal["auto", "greedy", "speculative", "jacobi"]
 
 _DEFAULT_TOTAL_TOKENS_CAP = 4096
 """TGI's default ``max_total_tokens`` cap; the model's own context length is used when smaller."""

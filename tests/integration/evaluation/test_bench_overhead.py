@@ -4,7 +4,6 @@ its arguments through."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -70,13 +69,20 @@ def test_cli_overhead_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "added ms" in capsys.readouterr().out
 
 
-def test_bench_engine_passes_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_engine_passes_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     script = tmp_path / "bench_engine.py"
     record = tmp_path / "argv.json"
     script.write_text(f"import json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n", encoding="utf-8")
     monkeypatch.setattr("diffpo_integrations.cli.bench.ENGINE_SCRIPT", script)
     assert main(["bench", "engine", "--", "--method", "greedy", "-n", "3"]) == 0
     assert json.loads(record.read_text()) == ["--method", "greedy", "-n", "3"]
-    monkeypatch.setattr("diffpo_integrations.cli.bench.ENGINE_SCRIPT", tmp_path / "missing.py")
+    missing = tmp_path / "missing.py"
+    monkeypatch.setattr("diffpo_integrations.cli.bench.ENGINE_SCRIPT", missing)
+    capsys.readouterr()
     assert main(["bench", "engine"]) == 2
-    assert sys.executable
+    assert capsys.readouterr().err == (
+        f"diffpo: error: the engine benchmark runs {missing} from a source checkout of diffpo-integrations, "
+        "and that file is not here\n"
+    )

@@ -7,21 +7,11 @@ in for a DiffPO checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from langchain_live import MAX_TOKENS, base_model
 from langchain_openai import ChatOpenAI
 
 from diffpo_integrations.backends import TGIAligner
-
-
-@pytest.fixture(scope="session")
-def live_url() -> Iterator[str]:
-    from diffpo_integrations.server.testing import serve_in_thread, shared_app
-
-    with serve_in_thread(shared_app()) as url:
-        yield url
 
 
 @pytest.fixture

@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from server_reference import NEW_TOKENS, Reference
 
-from diffpo_integrations.data import mt_bench_answers_path, mt_bench_questions_path
-from diffpo_integrations.server.testing import get_default_engine, serve_in_thread, shared_app
-
-NEW_TOKENS = 40
-
-
-@dataclass(frozen=True)
-class Reference:
-    """transformers' own greedy ``generate`` on the templated MT-bench question."""
-
-    question: str
-    prompt: str
-    prompt_ids: list[int]
-    tokens: list[int]
-    text: str
+from diffpo_integrations.data import mt_bench_questions_path
 
 
 @pytest.fixture(scope="session")
-def loaded() -> Any:
-    return get_default_engine()
-
-
-@pytest.fixture(scope="session")
-def base_url() -> Iterator[str]:
-    with serve_in_thread(shared_app()) as url:
-        yield url
+def base_url(live_url: str) -> str:
+    return live_url
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +23,8 @@ def mt_question() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def mt_draft(mt_question: dict[str, Any]) -> str:
-    with mt_bench_answers_path("llama-3-it-vanilla").open() as f:
-        for line in f:
-            answer = json.loads(line)
-            if answer["question_id"] == mt_question["question_id"]:
-                return str(answer["choices"][0]["turns"][0])
-    raise AssertionError("no draft for the first MT-bench question")
+def mt_draft(mt_bench: tuple[str, str]) -> str:
+    return mt_bench[1]
 
 
 @pytest.fixture(scope="session")

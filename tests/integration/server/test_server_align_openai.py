@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import NEW_TOKENS, Reference
+from server_reference import NEW_TOKENS, Reference
 
 from diffpo_integrations.core.prompt import assemble_answer, build_prompt, hf_token_spans, render_texts
 from diffpo_integrations.core.templates import TokenizerTemplate

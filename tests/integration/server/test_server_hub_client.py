@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import NEW_TOKENS, Reference
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import ValidationError
+from server_reference import NEW_TOKENS, Reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -34,9 +34,33 @@ def test_only_the_aligner_host_is_contacted() -> None:
     assert _hosts(env) == ["mock-tgi"]
 
 
-def test_explicit_user_choice_is_respected() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env["HF_HUB_DISABLE_TELEMETRY"] = "0"
-    script = "import diffpo_integrations.backends, huggingface_hub.constants as c; print(c.HF_HUB_DISABLE_TELEMETRY)"
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+IMPORT_SCRIPT = """
+import json, os, threading
+import huggingface_hub.constants as c
+from langchain_core.tracers import context as lc_context
+env, telemetry, hooks = dict(os.environ), c.HF_HUB_DISABLE_TELEMETRY, len(lc_context._configure_hooks)
+import diffpo_integrations.backends, diffpo_integrations.langchain, diffpo_integrations.llama_index
+out = {
+    "env_changed": dict(os.environ) != env,
+    "telemetry_changed": c.HF_HUB_DISABLE_TELEMETRY != telemetry,
+    "hooks_added_on_import": len(lc_context._configure_hooks) - hooks,
+    "transport_thread": any(t.name == "diffpo-transport" for t in threading.enumerate()),
+}
+from diffpo_integrations.langchain import DiffPOAlign
+from diffpo_integrations.backends.testing import MockTGIServer
+DiffPOAlign(aligner=diffpo_integrations.backends.TGIAligner("http://x"))
+DiffPOAlign(aligner=diffpo_integrations.backends.TGIAligner("http://x"))
+out["hooks_added_on_first_use"] = len(lc_context._configure_hooks) - hooks
+print(json.dumps(out))
+"""
+
+
+def test_importing_changes_no_process_wide_state() -> None:
+    out = subprocess.run([sys.executable, "-c", IMPORT_SCRIPT], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "env_changed": False,
+        "telemetry_changed": False,
+        "hooks_added_on_import": 0,
+        "transport_thread": False,
+        "hooks_added_on_first_use": 1,
+    }

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
-import huggingface_hub
 import pytest
-from huggingface_hub.utils._http import default_async_client_factory, default_client_factory
 
 from diffpo_integrations.backends import OpenAICompatAligner, TGIAligner
-from diffpo_integrations.backends.testing import MockTGIServer, mock_continuation, mock_tgi, mock_tokenize
+from diffpo_integrations.backends.testing import (
+    MockTGIServer,
+    mock_continuation,
+    mock_tgi,
+    mock_tokenize,
+    mock_transport,
+)
 from diffpo_integrations.core.errors import AlignerConnectionError, AlignerError, ConfigurationError, OverloadedError
 from diffpo_integrations.core.types import AlignResult
 
@@ -90,16 +93,7 @@ class MockVLLM:
         return httpx2.Response(200, content=payload.encode(), headers={"content-type": "text/event-stream"})
 
 
-@contextmanager
-def serving(handler: Callable[[httpx2.Request], httpx2.Response]) -> Iterator[None]:
-    transport = httpx2.MockTransport(handler)
-    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
-    huggingface_hub.set_async_client_factory(lambda: httpx2.AsyncClient(transport=transport))
-    try:
-        yield
-    finally:
-        huggingface_hub.set_client_factory(default_client_factory)
-        huggingface_hub.set_async_client_factory(default_async_client_factory)
+serving = mock_transport
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx2
-import huggingface_hub
 import pytest
 
 from diffpo_integrations.backends import AlignerPool, TGIAligner
-from diffpo_integrations.backends.testing import MockTGIServer, mock_tgi
+from diffpo_integrations.backends.testing import MockTGIServer, mock_transport
 from diffpo_integrations.core import (
     AlignerConnectionError,
     AlignerError,
@@ -98,10 +97,7 @@ def replicas(**hosts: MockTGIServer | None) -> Iterator[dict[str, MockTGIServer 
             raise httpx2.ConnectError("connection refused", request=request)
         return server.handle(request)
 
-    transport = httpx2.MockTransport(handle)
-    with mock_tgi():  # restores the default client factories on exit
-        huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=transport))
-        huggingface_hub.set_async_client_factory(lambda: httpx2.AsyncClient(transport=transport))
+    with mock_transport(handle):
         yield hosts
 
 
@@ -250,10 +246,21 @@ def test_last_error_is_raised_when_every_member_fails() -> None:
 # -- circuit breaker and health ------------------------------------------------------------------------------
 
 
+class Clock:
+    """A hand-moved monotonic clock for the circuit breakers' cool-downs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it() -> None:
     down = AlignerConnectionError("down")
     a, b = Fake("a", [down, down]), Fake("b")
-    pool = AlignerPool([a, b], failure_threshold=2, cooldown=0.2, max_retries=0)
+    clock = Clock()
+    pool = AlignerPool([a, b], failure_threshold=2, cooldown=10, max_retries=0, clock=clock)
     for _ in range(4):
         assert pool.align(MESSAGES, DRAFT).endpoint == "b" or len(a.requests) <= 2
     assert pool.stats()["a"].state == "open"
@@ -261,7 +268,9 @@ def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it() -> 
     for _ in range(3):
         assert pool.align(MESSAGES, DRAFT).endpoint == "b"
     assert len(a.requests) == calls  # out of rotation during the cool-down
-    time.sleep(0.25)
+    clock.now += 9.9
+    assert {pool.align(MESSAGES, DRAFT).endpoint for _ in range(3)} == {"b"}  # still cooling down
+    clock.now += 0.1
     served = {pool.align(MESSAGES, DRAFT).endpoint for _ in range(2)}
     assert "a" in served
     assert pool.stats()["a"].state == "closed"
@@ -270,11 +279,12 @@ def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it() -> 
 def test_a_failed_probe_reopens_the_circuit() -> None:
     down = AlignerConnectionError("down")
     a, b = Fake("a", [down, down]), Fake("b")
-    pool = AlignerPool([a, b], failure_threshold=1, cooldown=0.1, max_retries=0)
+    clock = Clock()
+    pool = AlignerPool([a, b], failure_threshold=1, cooldown=10, max_retries=0, clock=clock)
     pool.align(MESSAGES, DRAFT)
     pool.align(MESSAGES, DRAFT)
     assert pool.stats()["a"].state == "open"
-    time.sleep(0.15)
+    clock.now += 10
     assert pool.align(MESSAGES, DRAFT).endpoint == "b"  # the probe to "a" failed over to "b"
     assert pool.stats()["a"].state == "open"
 
@@ -291,14 +301,17 @@ def test_no_member_available_raises_a_connection_error() -> None:
 def test_health_checks_take_members_out_and_bring_them_back() -> None:
     hosts: dict[str, MockTGIServer | None] = {"a": MockTGIServer(), "b": MockTGIServer()}
     with replicas(**hosts) as live:
-        pool = AlignerPool(["http://a", "http://b"], cooldown=0.05)
+        clock = Clock()
+        pool = AlignerPool(["http://a", "http://b"], cooldown=30, clock=clock)
         assert pool.check_health() == {"http://a": True, "http://b": True}
         live["b"] = None
         assert pool.check_health() == {"http://a": True, "http://b": False}
         assert pool.stats()["http://b"].state == "open"
         assert {pool.align(MESSAGES, DRAFT).endpoint for _ in range(3)} == {"http://a"}
         live["b"] = MockTGIServer()
-        time.sleep(0.06)
+        assert pool.check_health()["http://b"]
+        assert pool.stats()["http://b"].state == "open"  # healthy again, but still cooling down
+        clock.now += 30
         assert pool.check_health()["http://b"]
         assert pool.stats()["http://b"].state == "closed"
 
@@ -343,10 +356,28 @@ async def test_fail_open_async_and_stream() -> None:
     assert sync_chunks[-1].result.error == "GenerationError: x"
 
 
-def test_client_side_input_errors_raise_even_when_failing_open() -> None:
+def test_client_side_input_errors_come_back_flagged_when_failing_open() -> None:
+    # The same answer as DiffPOAlign(fail_policy="open") and DiffPOAlignment(fail_policy="open") give.
     pool = AlignerPool([Fake("a")], fail_policy="open")
+    result = pool.align([("robot", "Hi")], DRAFT)
+    assert (result.text, result.aligned, result.finish_reason) == (DRAFT, False, "error")
+    assert result.error == "InputError: message 0 has role 'robot'; use 'system', 'user' or 'assistant'"
+    empty = pool.align(MESSAGES, "   ")
+    assert (empty.text, empty.aligned) == ("   ", False)
+    assert empty.error == "InputError: the draft is empty or whitespace: pass the base model's answer text as the draft"
     with pytest.raises(InputError, match="role"):
-        pool.align([("robot", "Hi")], DRAFT)
+        AlignerPool([Fake("a")], fail_policy="closed").align([("robot", "Hi")], DRAFT)
+
+
+async def test_client_side_input_errors_come_back_flagged_from_every_call_style() -> None:
+    pool = AlignerPool([Fake("a")], fail_policy="open")
+    assert (await pool.aalign(MESSAGES, "")).error == (
+        "InputError: the draft is empty or whitespace: pass the base model's answer text as the draft"
+    )
+    chunks = list(pool.stream(MESSAGES, ""))
+    assert [(c.text, c.result.aligned if c.result else None) for c in chunks] == [("", False)]
+    achunks = [c async for c in pool.astream([("robot", "Hi")], DRAFT)]
+    assert [(c.text, c.result.aligned if c.result else None) for c in achunks] == [(DRAFT, False)]
 
 
 async def test_async_deadline_cuts_the_call_and_cancels_the_member() -> None:
@@ -359,7 +390,7 @@ async def test_async_deadline_cuts_the_call_and_cancels_the_member() -> None:
     assert time.monotonic() - started < 2
     assert a.cancelled == 1
     assert pool.stats()["a"].outstanding == 0
-    assert pool.stats()["a"].failures == 0
+    assert pool.stats()["a"].failures == 1  # a member that does not answer in time is a failing member
 
 
 async def test_async_stream_deadline_raises_after_the_first_chunk() -> None:

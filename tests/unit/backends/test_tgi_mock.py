@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 import httpx2
 import pytest
 
-from diffpo_integrations.backends import DEFAULT_ALIGNER_URL, TGIAligner, default_aligner_url, testing
+from diffpo_integrations.backends import (
+    DEFAULT_ALIGNER_URL,
+    TGIAligner,
+    close_http_clients,
+    default_aligner_url,
+    testing,
+    use_client_factory,
+)
 from diffpo_integrations.backends.testing import MockTGIServer, mock_continuation, mock_tgi, mock_tokenize
 from diffpo_integrations.core import (
     AlignerConnectionError,
@@ -203,6 +210,46 @@ async def test_async_retries_on_the_align_route() -> None:
         result = await aligner.aalign(MESSAGES, DRAFT)
     assert result.text == expected_answer(3)
     assert routes(server) == [("GET", "/info")] + [("POST", "/diffpo/align")] * 4
+
+
+def test_align_route_streams_are_retried_before_their_first_byte() -> None:
+    with mock_tgi(align_route=True) as server:
+        aligner = make(True, keep_prefix_tokens=3, backoff=0.001)
+        aligner.info()
+        server.failures = [503, 429]
+        chunks = list(aligner.stream(MESSAGES, DRAFT))
+    assert "".join(c.text for c in chunks) == expected_answer(3)
+    assert routes(server) == [("GET", "/info")] + [("POST", "/diffpo/align")] * 3
+
+
+async def test_async_align_route_streams_are_retried_before_their_first_byte() -> None:
+    with mock_tgi(align_route=True) as server:
+        aligner = make(True, keep_prefix_tokens=3, backoff=0.001)
+        await aligner.ainfo()
+        server.failures = [502]
+        chunks = [c async for c in aligner.astream(MESSAGES, DRAFT)]
+    assert "".join(c.text for c in chunks) == expected_answer(3)
+    assert chunks[-1].result is not None
+    assert routes(server) == [("GET", "/info")] + [("POST", "/diffpo/align")] * 2
+
+
+async def test_sync_and_async_give_the_same_error_when_the_deadline_leaves_no_retry() -> None:
+    with mock_tgi(align_route=True) as server:
+        aligner = make(True, max_retries=5, backoff=0.001, deadline=5.0)
+        aligner.info()
+        outcomes = []
+        for call in (lambda: aligner.align(MESSAGES, DRAFT), None):
+            server.failures = [429]
+            server.retry_after = "60"
+            if call is not None:
+                with pytest.raises(OverloadedError) as info:
+                    call()
+            else:
+                with pytest.raises(OverloadedError) as info:
+                    await aligner.aalign(MESSAGES, DRAFT)
+            outcomes.append((type(info.value), str(info.value), info.value.retry_after))
+    # Retry-After (60 s) does not fit in the deadline: both styles give up at once with the server's error.
+    assert outcomes == [(OverloadedError, "mock failure 429", 60.0)] * 2
 
 
 def test_gives_up_after_max_retries_with_overloaded_error() -> None:
@@ -410,3 +457,43 @@ def test_no_authorization_header_without_a_key() -> None:
     with mock_tgi(align_route=False) as server:
         make(False).align(MESSAGES, DRAFT)
     assert all("authorization" not in r.headers for r in mock_requests(server))
+
+
+def test_mock_tgi_restores_the_client_factory_that_was_there_before() -> None:
+    from diffpo_integrations.backends import _loop
+
+    def custom() -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=httpx2.MockTransport(lambda r: httpx2.Response(503)))
+
+    previous = _loop.set_client_factory(custom)
+    try:
+        with mock_tgi():
+            assert TGIAligner("http://mock-tgi").align(MESSAGES, DRAFT).aligned
+        # The user's own factory is back, not the library default.
+        assert _loop.set_client_factory(custom) is custom
+        with pytest.raises(AlignerConnectionError):
+            TGIAligner("http://mock-tgi", max_retries=0).align(MESSAGES, DRAFT)
+    finally:
+        _loop.set_client_factory(previous)
+
+
+async def test_http_clients_are_closed() -> None:
+    made: list[httpx2.AsyncClient] = []
+    server = MockTGIServer()
+
+    def factory() -> httpx2.AsyncClient:
+        made.append(httpx2.AsyncClient(transport=httpx2.MockTransport(server.handle)))
+        return made[-1]
+
+    with use_client_factory(factory):
+        aligner = TGIAligner("http://mock-tgi")
+        aligner.align(MESSAGES, DRAFT)
+        await aligner.aalign(MESSAGES, DRAFT)
+        [c async for c in aligner.astream(MESSAGES, DRAFT)]
+        assert len(made) == 1  # one shared client for every call style and event loop
+        assert not made[0].is_closed
+        close_http_clients()
+        assert made[0].is_closed
+        aligner.align(MESSAGES, DRAFT)  # the next request builds a new one
+    assert len(made) == 2
+    assert all(c.is_closed for c in made)  # leaving the block closed the client it made

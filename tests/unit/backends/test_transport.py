@@ -9,25 +9,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from huggingface_hub.errors import (
-    GenerationError as HfGenerationError,
-)
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    InferenceTimeoutError,
-)
-from huggingface_hub.errors import (
-    IncompleteGenerationError as HfIncompleteGenerationError,
-)
-from huggingface_hub.errors import (
-    OverloadedError as HfOverloadedError,
-)
-from huggingface_hub.errors import (
-    ValidationError as HfValidationError,
-)
-from huggingface_hub.inference._common import raise_text_generation_error
 
-from diffpo_integrations.backends import _transport
 from diffpo_integrations.backends._transport import (
     RetryPolicy,
     map_error,
@@ -39,7 +21,6 @@ from diffpo_integrations.core import (
     AlignerConnectionError,
     AlignerError,
     AlignerTimeoutError,
-    AuthenticationError,
     GenerationError,
     IncompleteGenerationError,
     OverloadedError,
@@ -138,69 +119,7 @@ def test_raise_for_answer() -> None:
 # -- map_error ---------------------------------------------------------------------------------------------
 
 
-def _hf_error(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Exception:
-    """The exception huggingface_hub raises for a TGI error answer (hf_raise_for_status, then its TGI parser)."""
-    response = _response(status, json=payload, headers=headers or {})
-    http_error = HfHubHTTPError(f"{status} error", response=response)
-    try:
-        raise_text_generation_error(http_error)
-    except Exception as exc:
-        return exc
-    raise AssertionError("raise_text_generation_error did not raise")
-
-
-@pytest.mark.parametrize(
-    ("status", "error_type", "hf_cls", "cls"),
-    [
-        (422, "validation", HfValidationError, ServerValidationError),
-        (429, "overloaded", HfOverloadedError, OverloadedError),
-        (424, "generation", HfGenerationError, GenerationError),
-        (500, "incomplete_generation", HfIncompleteGenerationError, IncompleteGenerationError),
-    ],
-)
-def test_map_error_huggingface_hub_tgi_errors(
-    status: int, error_type: str, hf_cls: type[Exception], cls: type[AlignerError]
-) -> None:
-    raised = _hf_error(status, {"error": f"failed: {error_type}", "error_type": error_type}, {"Retry-After": "1.5"})
-    assert type(raised) is hf_cls
-    mapped = map_error(raised, ENDPOINT)
-    assert type(mapped) is cls
-    assert str(mapped) == f"failed: {error_type}"
-    assert mapped.status == status
-    assert mapped.endpoint == ENDPOINT
-    if cls is OverloadedError:
-        assert mapped.retry_after == 1.5
-
-
-def test_map_error_unknown_tgi_error_type() -> None:
-    raised = _hf_error(500, {"error": "odd", "error_type": "weird"})
-    mapped = map_error(raised, ENDPOINT)
-    assert type(mapped) is AlignerError
-    assert (str(mapped), mapped.status) == ("odd", 500)
-
-
-@pytest.mark.parametrize(
-    ("status", "payload", "cls", "message"),
-    [
-        (401, {"error": "Authorization header is invalid"}, AuthenticationError, "Authorization header is invalid"),
-        (503, {"error": "loading"}, AlignerConnectionError, "loading"),
-        (404, {"error": "no route /x", "error_type": "not_found"}, AlignerError, "no route /x"),
-    ],
-)
-def test_map_error_plain_hub_http_errors(
-    status: int, payload: dict[str, Any], cls: type[AlignerError], message: str
-) -> None:
-    raised = _hf_error(status, {k: v for k, v in payload.items() if k != "error_type"})
-    assert type(raised) is HfHubHTTPError  # no error_type: huggingface_hub re-raises the HTTP error
-    mapped = map_error(raised, ENDPOINT)
-    assert type(mapped) is cls
-    assert (str(mapped), mapped.status, mapped.endpoint) == (message, status, ENDPOINT)
-
-
 def test_map_error_timeouts_and_connection_errors() -> None:
-    timeout = map_error(InferenceTimeoutError("Model not loaded on the server"), ENDPOINT)
-    assert type(timeout) is AlignerTimeoutError
-    assert str(timeout) == f"the aligner at {ENDPOINT} did not answer in time: Model not loaded on the server"
     read = map_error(httpx2.ReadTimeout("read timed out"), ENDPOINT)
     assert type(read) is AlignerTimeoutError
     assert str(read) == f"the aligner at {ENDPOINT} did not answer in time: read timed out"
@@ -246,17 +165,19 @@ class Flaky:
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the sync policy's delays instead of sleeping; jitter pinned to its top (factor 1)."""
-    recorded: list[float] = []
-    monkeypatch.setattr(_transport.time, "sleep", recorded.append)
-    monkeypatch.setattr(_transport.random, "random", lambda: 1.0)
-    return recorded
+def sleeps() -> list[float]:
+    """The delays a :func:`policy` waited (recorded instead of slept)."""
+    return []
+
+
+def policy(sleeps: list[float], **kwargs: Any) -> RetryPolicy:
+    """A sync policy that records its delays in ``sleeps``; jitter pinned to its top (factor 1)."""
+    return RetryPolicy(sleep=sleeps.append, jitter=lambda: 1.0, **kwargs)
 
 
 def test_call_retries_until_success(sleeps: list[float]) -> None:
     fn = Flaky(3)
-    assert RetryPolicy(max_retries=3, backoff=0.1, max_backoff=0.3).call(fn, ENDPOINT) == "ok"
+    assert policy(sleeps, max_retries=3, backoff=0.1, max_backoff=0.3).call(fn, ENDPOINT) == "ok"
     assert fn.calls == 4
     assert sleeps == pytest.approx([0.1, 0.2, 0.3])  # doubling, capped at max_backoff
 
@@ -264,7 +185,7 @@ def test_call_retries_until_success(sleeps: list[float]) -> None:
 def test_call_gives_up_after_max_retries(sleeps: list[float]) -> None:
     fn = Flaky(10)
     with pytest.raises(AlignerConnectionError) as info:
-        RetryPolicy(max_retries=2, backoff=0.1).call(fn, ENDPOINT)
+        policy(sleeps, max_retries=2, backoff=0.1).call(fn, ENDPOINT)
     assert fn.calls == 3
     assert len(sleeps) == 2
     assert info.value.endpoint == ENDPOINT
@@ -273,18 +194,18 @@ def test_call_gives_up_after_max_retries(sleeps: list[float]) -> None:
 
 def test_call_honours_retry_after(sleeps: list[float]) -> None:
     fn = Flaky(1, OverloadedError("busy", status=429, retry_after=2.0))
-    assert RetryPolicy(max_retries=1, backoff=0.01).call(fn, ENDPOINT) == "ok"
+    assert policy(sleeps, max_retries=1, backoff=0.01).call(fn, ENDPOINT) == "ok"
     assert sleeps == [2.0]
 
 
 def test_call_does_not_retry_non_retryable_or_foreign_errors(sleeps: list[float]) -> None:
     fn = Flaky(5, GenerationError("OOM", status=424))
     with pytest.raises(GenerationError):
-        RetryPolicy(max_retries=5).call(fn, ENDPOINT)
+        policy(sleeps, max_retries=5).call(fn, ENDPOINT)
     assert fn.calls == 1
     bug = Flaky(5, KeyError("x"))
     with pytest.raises(KeyError):
-        RetryPolicy(max_retries=5).call(bug, ENDPOINT)
+        policy(sleeps, max_retries=5).call(bug, ENDPOINT)
     assert bug.calls == 1
     assert sleeps == []
 
@@ -292,7 +213,7 @@ def test_call_does_not_retry_non_retryable_or_foreign_errors(sleeps: list[float]
 def test_call_stops_at_the_deadline(sleeps: list[float]) -> None:
     fn = Flaky(10, OverloadedError("busy", retry_after=5.0))
     with pytest.raises(OverloadedError):
-        RetryPolicy(max_retries=10, backoff=0.01, deadline=1.0).call(fn, ENDPOINT)
+        policy(sleeps, max_retries=10, backoff=0.01, deadline=1.0).call(fn, ENDPOINT)
     # The next delay would pass the deadline, so the policy gives up at once.
     assert fn.calls == 1
     assert sleeps == []

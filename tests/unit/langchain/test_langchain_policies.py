@@ -120,7 +120,10 @@ def test_fail_open_returns_the_flagged_draft_warns_and_sends_an_event(
 ) -> None:
     events = Events()
     chain = prompt | llm | DiffPOAlign(aligner=FailingAligner(), fail_policy="open")
-    with pytest.warns(FailOpenWarning, match=r"^DiffPO returned the draft unaligned: AlignerError: aligner down$"):
+    with pytest.warns(
+        FailOpenWarning,
+        match=r"^DiffPO returned the draft unaligned \(fail_policy='open'\): AlignerError: aligner down$",
+    ):
         out = chain.invoke({"question": "Q"}, {"callbacks": [events]})
     assert out.content == DRAFT
     assert out.id == "draft-1"

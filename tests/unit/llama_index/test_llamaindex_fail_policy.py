@@ -22,7 +22,7 @@ from diffpo_integrations.llama_index import (
 
 DRAFT = "Seven is a prime number, and so is eleven."
 DOWN = AlignerConnectionError("connection refused", endpoint="http://127.0.0.1:9")
-WARNING = "DiffPO alignment failed, returning the draft unaligned (fail_policy='open'): AlignerConnectionError: connection refused"
+WARNING = "DiffPO returned the draft unaligned (fail_policy='open'): AlignerConnectionError: connection refused"
 
 
 def _flagged(draft: str) -> dict[str, object]:

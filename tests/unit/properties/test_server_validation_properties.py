@@ -6,9 +6,7 @@ server unit tests, so thousands of bodies cost seconds.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 # The tiny model and reference decoder live with the server unit tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_fakes import greedy_reference, tiny_loaded
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
