@@ -9,7 +9,8 @@ from typing import Any
 
 from diffpo_integrations.core.aligner import BaseAligner
 from diffpo_integrations.core.conversation import ToolCall, Turn, build_conversation
-from diffpo_integrations.core.errors import ConfigurationError, DiffPOError, InputError
+from diffpo_integrations.core.errors import DiffPOError, InputError
+from diffpo_integrations.core.policy import fall_back
 from diffpo_integrations.core.types import AlignResult, FailPolicy, Message
 
 __all__ = ["RequestPlan", "align_choice", "complete_words", "conversation_from_openai", "plan_request", "ready_words"]
@@ -160,24 +161,25 @@ def ready_words(keep_prefix_tokens: int) -> int:
 
 async def align_choice(
     aligner: BaseAligner,
-    conversation: list[Message],
+    conversation: list[Message] | DiffPOError,
     draft: str,
     plan: RequestPlan,
     fail_policy: FailPolicy,
 ) -> AlignResult:
-    """Align one choice's draft; under ``fail_policy="open"`` a failure returns the draft, flagged.
+    """Align one choice's draft; the core fail policy decides what a failure gives.
+
+    ``conversation`` may be the :class:`InputError` that made it impossible to build; it then goes
+    through the same policy as an aligner failure.
 
     Raises:
         ConfigurationError: always (a misconfigured gateway must be fixed, not hidden).
         DiffPOError: under ``fail_policy="closed"``, the typed error of the failed alignment.
     """
     try:
+        if isinstance(conversation, DiffPOError):
+            raise conversation
         return await aligner.aalign(
             conversation, draft, keep_prefix_tokens=plan.keep_prefix_tokens, max_new_tokens=plan.max_new_tokens
         )
-    except ConfigurationError:
-        raise
     except DiffPOError as exc:
-        if fail_policy == "closed":
-            raise
-        return AlignResult.unaligned(draft, exc, endpoint=getattr(aligner, "endpoint", None))
+        return fall_back(fail_policy, draft, exc, endpoint=aligner.endpoint)

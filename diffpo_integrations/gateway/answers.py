@@ -32,7 +32,8 @@ def aligner_failure(exc: DiffPOError, endpoint: str | None) -> GatewayError:
     A timeout is a 504 and an overloaded aligner a 503 with ``Retry-After``; a conversation the aligner
     cannot take is a 422; any other aligner failure is a 502. Each names the aligner.
     """
-    where = f"the aligner {endpoint}" if endpoint else "the aligner"
+    named = getattr(exc, "endpoint", None) or endpoint
+    where = f"the aligner {named}" if named else "the aligner"
     message = f"{where} failed: {type(exc).__name__}: {exc}"
     if isinstance(exc, AlignerTimeoutError):
         return GatewayError(504, message, "aligner_timeout", code="aligner_timeout")
@@ -66,17 +67,6 @@ def conversation_or_error(messages: Any) -> list[Message] | DiffPOError:
         return exc
 
 
-async def _align(
-    state: GatewayState, conversation: list[Message] | DiffPOError, draft: str, plan: RequestPlan
-) -> AlignResult:
-    policy = state.config.fail_policy
-    if isinstance(conversation, DiffPOError):
-        if policy == "closed":
-            raise conversation
-        return AlignResult.unaligned(draft, conversation, endpoint=state.aligner.endpoint)
-    return await align_choice(state.aligner, conversation, draft, plan, policy)
-
-
 def record_result(state: GatewayState, result: AlignResult) -> None:
     state.metrics.observe("diffpo_gateway_aligner_seconds", result.latency_s)
     name = "diffpo_gateway_aligned_total" if result.aligned else "diffpo_gateway_fallbacks_total"
@@ -103,7 +93,10 @@ async def align_completion(
             metas[i] = passthrough_meta("tool_calls")
             state.metrics.count("diffpo_gateway_passthrough_total", ("reason", "tool_calls"))
             continue
-        jobs[i] = asyncio.ensure_future(_align(state, conversation, str(message.get("content") or ""), plan))
+        draft = str(message.get("content") or "")
+        jobs[i] = asyncio.ensure_future(
+            align_choice(state.aligner, conversation, draft, plan, state.config.fail_policy)
+        )
     try:
         results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
     except DiffPOError as exc:

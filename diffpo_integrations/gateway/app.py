@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from diffpo_integrations import __version__
-from diffpo_integrations.core.aligner import BaseAligner
+from diffpo_integrations.backends.pool import AlignerPool
 from diffpo_integrations.core.errors import InputError
 from diffpo_integrations.gateway.aligning import RequestPlan, plan_request
 from diffpo_integrations.gateway.answers import align_completion, passthrough_meta
@@ -29,13 +29,13 @@ __all__ = ["create_gateway_app"]
 def create_gateway_app(
     config: GatewayConfig,
     *,
-    aligner: BaseAligner | None = None,
+    aligner: AlignerPool | None = None,
 ) -> FastAPI:
     """Build the gateway app.
 
     Args:
         config: upstream, aligner and admission settings.
-        aligner: the aligner to use; built from ``config.aligner_urls`` when ``None``.
+        aligner: the aligners to use; built from ``config.aligner_urls`` when ``None``.
 
     Example:
         >>> app = create_gateway_app(GatewayConfig(upstream="http://127.0.0.1:8081", aligner_urls=["http://127.0.0.1:8080"]))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from diffpo_integrations.core.aligner import BaseAligner
+from diffpo_integrations.backends.pool import AlignerPool
 from diffpo_integrations.gateway.config import GatewayConfig
 from diffpo_integrations.gateway.metrics import GatewayMetrics
 from diffpo_integrations.gateway.upstream import Upstream
@@ -16,9 +16,11 @@ from diffpo_integrations.gateway.wire import GatewayError
 __all__ = ["Admission", "GatewayState", "build_aligner"]
 
 
-def build_aligner(config: GatewayConfig) -> BaseAligner:
-    """One :class:`TGIAligner`, or an :class:`AlignerPool` over several, bounded by ``aligner_timeout``."""
-    from diffpo_integrations.backends.pool import AlignerPool
+def build_aligner(config: GatewayConfig) -> AlignerPool:
+    """An :class:`AlignerPool` over the aligner URLs (one or several), bounded by ``aligner_timeout``.
+
+    A pool even for one URL: the same health checks, deadline and retries whatever the count.
+    """
     from diffpo_integrations.backends.tgi import TGIAligner
 
     common: dict[str, Any] = {
@@ -27,9 +29,7 @@ def build_aligner(config: GatewayConfig) -> BaseAligner:
         "max_new_tokens": config.max_new_tokens,
         "prompt_mode": config.prompt_mode,
     }
-    if len(config.aligner_urls) == 1:
-        return TGIAligner(config.aligner_urls[0], deadline=config.aligner_timeout, **common)
-    # The pool's failover is the retry: members give up at once instead of after their own backoff.
+    # The pool's passes are the retries: members give up at once instead of after their own backoff.
     members = [TGIAligner(url, max_retries=0, **common) for url in config.aligner_urls]
     return AlignerPool(members, deadline=config.aligner_timeout)
 
@@ -74,7 +74,7 @@ class GatewayState:
     def __init__(
         self,
         config: GatewayConfig,
-        aligner: BaseAligner,
+        aligner: AlignerPool,
     ) -> None:
         self.config = config
         self.aligner = aligner
@@ -92,24 +92,11 @@ class GatewayState:
         return headers
 
     async def aligner_health(self) -> dict[str, Any]:
-        """Whether the aligner (each pool member) answers ``GET /health``."""
-        acheck = getattr(self.aligner, "acheck_health", None)
-        if acheck is not None:
-            members = await acheck()
-            return {"endpoint": self.aligner.endpoint, "ok": any(members.values()), "members": members}
-        from huggingface_hub import get_async_session
-
-        try:
-            # The aligner's own HTTP stack, so the probe sees what an alignment would.
-            async with get_async_session() as session:
-                ok = (await session.get(f"{self.aligner.endpoint}/health", timeout=2.0)).status_code == 200
-        except Exception as exc:  # refused, reset, timed out: all mean "not serving"
-            return {"endpoint": self.aligner.endpoint, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        return {"endpoint": self.aligner.endpoint, "ok": ok}
+        """Whether each aligner answers ``GET /health``."""
+        members = await self.aligner.acheck_health()
+        return {"endpoint": self.aligner.endpoint, "ok": any(members.values()), "members": members}
 
     async def aclose(self) -> None:
         """Close the upstream pool and stop the aligner pool's health checks."""
         await self.upstream.aclose()
-        close = getattr(self.aligner, "close", None)
-        if close is not None:
-            close()
+        self.aligner.close()

@@ -13,7 +13,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from diffpo_integrations.core.errors import ConfigurationError, DiffPOError
+from diffpo_integrations.core.errors import DiffPOError
+from diffpo_integrations.core.policy import fall_back
 from diffpo_integrations.core.types import AlignResult, Message
 from diffpo_integrations.gateway.aligning import RequestPlan, complete_words, ready_words
 from diffpo_integrations.gateway.answers import (
@@ -141,11 +142,14 @@ async def _aligned_choice(
                 yield chunk({"role": "assistant", "content": piece.text})
             result = piece.result or result
     except DiffPOError as exc:
-        # Fall back only before the first aligned piece: after it, the client already shows aligned text.
-        if state.config.fail_policy == "closed" or emitted or isinstance(exc, ConfigurationError):
+        try:
+            # Falls back only before the first aligned piece: the client already shows aligned text after it.
+            result = fall_back(
+                state.config.fail_policy, draft.text, exc, endpoint=state.aligner.endpoint, emitted=emitted
+            )
+        except DiffPOError:
             yield sse(aligner_failure(exc, state.aligner.endpoint).body)
             raise _StreamFailed from exc
-        result = AlignResult.unaligned(draft.text, exc, endpoint=state.aligner.endpoint)
         yield chunk({"role": "assistant", "content": draft.text})
     if result is None:
         yield sse(aligner_failure(DiffPOError("the aligner's stream ended without a result"), None).body)

@@ -310,7 +310,7 @@ def test_models_are_proxied_and_health_reports_both_legs() -> None:
     assert health.status_code == 200
     body = health.json()
     assert body["upstream"] == {"url": upstream.url, "ok": True, "status": 200}
-    assert body["aligner"] == {"endpoint": "http://mock-tgi", "ok": True}
+    assert body["aligner"] == {"endpoint": "pool(http://mock-tgi)", "ok": True, "members": {"http://mock-tgi": True}}
 
 
 def test_metrics_count_requests_alignments_and_pass_throughs() -> None:
