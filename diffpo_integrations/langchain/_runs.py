@@ -16,7 +16,7 @@ already streams them (``ChatDiffPO``), the child run is tagged ``nostream``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
@@ -29,13 +29,13 @@ from langchain_core.callbacks.manager import (
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult
-from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from diffpo_integrations.core.aligner import Aligner, MessagesLike
 from diffpo_integrations.core.errors import IncompleteGenerationError
 from diffpo_integrations.core.types import AlignChunk, AlignResult, Message, coerce_messages
 
 __all__ = [
+    "has_streaming_listener",
     "ALIGNER_RUN_NAME",
     "ALIGNER_TAG",
     "DRAFT_TAG",
@@ -99,6 +99,19 @@ def _inputs(messages: MessagesLike, draft: str) -> list[BaseMessage]:
     turns: Sequence[Message] = coerce_messages(messages)
     # The draft is shown as the assistant turn the aligner rewrites.
     return [*(kinds[m.role](content=m.content) for m in turns), AIMessage(content=draft, name="draft")]
+
+
+def has_streaming_listener(handlers: Iterable[Any]) -> bool:
+    """Whether a callback handler wants the tokens as they come (``stream_mode="messages"``, ``astream_events``).
+
+    The same test ``BaseChatModel`` makes to decide whether ``invoke`` streams: langchain-core's
+    streaming handlers implement ``tap_output_iter`` and ``tap_output_aiter`` (its private
+    ``_StreamingCallbackHandler`` protocol, checked here by those two methods).
+    """
+    return any(
+        callable(getattr(h, "tap_output_iter", None)) and callable(getattr(h, "tap_output_aiter", None))
+        for h in handlers
+    )
 
 
 class TracedAligner:
@@ -182,7 +195,7 @@ class TracedAligner:
     @staticmethod
     def _wants_tokens(manager: CallbackManager | AsyncCallbackManager | None) -> bool:
         # As BaseChatModel decides whether invoke streams: a streaming handler is listening.
-        return manager is not None and any(isinstance(h, _StreamingCallbackHandler) for h in manager.handlers)
+        return manager is not None and has_streaming_listener(manager.handlers)
 
     # -- the Aligner protocol -----------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, ensure_config
 from langchain_core.runnables.config import get_callback_manager_for_config
 from langchain_core.tools import BaseTool
-from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.langchain._engine import AlignerSettings, async_notifier, sync_notifier
@@ -32,6 +31,7 @@ from diffpo_integrations.langchain._runs import (
     TracedAligner,
     achild_manager,
     child_manager,
+    has_streaming_listener,
     inherit,
 )
 
@@ -219,7 +219,7 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
         if self.streaming:
             return True
         handlers = run_manager.handlers if run_manager is not None else []
-        return any(isinstance(h, _StreamingCallbackHandler) for h in handlers)
+        return has_streaming_listener(handlers)
 
     def _generate(
         self,

@@ -18,8 +18,9 @@ ALLOWED = {
     "server": {"core", "engine", "backends", "server_flags"},
     "langchain": {"core", "backends"},
     "llama_index": {"core", "backends"},
+    "gateway": {"core", "backends"},
     "evaluation": {"core", "backends", "langchain", "llama_index", "data"},
-    "cli": {"core", "backends", "engine", "server", "server_flags", "evaluation", "data"},
+    "cli": {"core", "backends", "engine", "server", "server_flags", "gateway", "evaluation", "data"},
 }
 
 
