@@ -81,7 +81,7 @@ class TokenChooser:
     """
 
     def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], device: Any) -> None:
-        from transformers.generation import (
+        from transformers.generation.logits_process import (
             LogitsProcessorList,
             RepetitionPenaltyLogitsProcessor,
             TemperatureLogitsWarper,
@@ -113,7 +113,7 @@ class TokenChooser:
     def __call__(self, logits: torch.Tensor) -> list[int]:
         """The next token after the last of ``logits`` (``[positions, vocab]``), recorded in the history."""
         scores = logits[-1:].float()
-        history = torch.tensor([self.history], dtype=torch.long, device=scores.device)
+        history: Any = torch.tensor([self.history], dtype=torch.long, device=scores.device)
         scores = self._penalties(history, scores)
         p = self.params
         if self._generated and (p.frequency_penalty or p.presence_penalty):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ def _chat_reference(tiny: TinyLoaded, n: int) -> tuple[list[int], list[int]]:
 
 def test_chat_completion_is_greedy_on_the_chat_template(client: TestClient, tiny: TinyLoaded) -> None:
     ids, tokens = _chat_reference(tiny, 6)
-    body = {"model": "any", "messages": MESSAGES, "max_tokens": 6, "temperature": 0.9}
+    body = {"model": "any", "messages": MESSAGES, "max_tokens": 6, "temperature": 0}
     out = client.post("/v1/chat/completions", json=body).json()
     assert out["object"] == "chat.completion"
     assert out["id"].startswith("chatcmpl-")
@@ -80,27 +81,71 @@ def test_chat_stop_sequence_is_cut_from_the_text(tiny: TinyLoaded) -> None:
         assert completion["choices"][0]["stop_reason"] == "bab"
 
 
+def _openai_error(message: str, param: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "validation"}}
+
+
+def _image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "message", "param"),
     [
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
             "tool calls are not supported by the embedded server: send the request without `tools`",
+            "tools",
         ),
-        ({"n": 2}, "`n` != 1 is not supported by the embedded server"),
-        ({"response_format": {"type": "json_object"}}, "`response_format` is not supported by the embedded server"),
-        ({"max_tokens": 0}, "`max_new_tokens` must be strictly positive"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5"),
+        ({"n": 2}, "`n` != 1 is not supported by the embedded server", "n"),
+        (
+            {"response_format": {"type": "json_object"}},
+            "`response_format` is not supported by the embedded server",
+            "response_format",
+        ),
+        ({"logit_bias": {"5": 10}}, "`logit_bias` is not supported by the embedded server", "logit_bias"),
+        ({"top_logprobs": 2}, "`top_logprobs` needs `logprobs: true`", "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 6}, "`top_logprobs` must be >= 0 and <= 5", "top_logprobs"),
+        ({"temperature": 3}, "`temperature` must be >= 0 and <= 2", "temperature"),
+        ({"top_p": 0}, "`top_p` must be > 0 and <= 1", "top_p"),
+        ({"frequency_penalty": -3}, "`frequency_penalty` must be >= -2 and <= 2", "frequency_penalty"),
+        (
+            {"messages": [{"role": "robot", "content": "Hi"}]},
+            "message 0 has role 'robot'; use 'system', 'developer', 'user' or 'assistant' (the embedded server has no tools)",
+            "messages.0.role",
+        ),
+        (
+            {"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]},
+            "message 0 has role 'tool'; use 'system', 'developer', 'user' or 'assistant' (the embedded server has no tools)",
+            "messages.0.role",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, _image("x.png")]}]},
+            "message 0 has a content part of type 'image_url'; the model reads text only: send text parts",
+            "messages.0.content.1.type",
+        ),
+        ({"max_tokens": 0}, "`max_new_tokens` must be strictly positive", None),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5", None),
         (
             {"messages": []},
             "Failed to deserialize the JSON body into the target type: messages: List should have at least 1 item after validation, not 0",
+            "messages",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "\ud83d"}]},
+            "Failed to deserialize the JSON body into the target type: messages.0.content: Value error, text "
+            "holds a lone surrogate (U+D83D) at character 0, which no tokenizer can encode: send valid UTF-8 text",
+            "messages.0.content",
         ),
     ],
 )
-def test_chat_refusals_are_validation_errors(client: TestClient, extra: dict[str, Any], message: str) -> None:
-    r = client.post("/v1/chat/completions", json={"messages": MESSAGES, **extra})
+def test_chat_refusals_are_openai_shaped_and_name_the_parameter(
+    client: TestClient, extra: dict[str, Any], message: str, param: str | None
+) -> None:
+    body = json.dumps({"messages": MESSAGES, **extra})
+    r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert r.json() == {"error": message, "error_type": "validation"}
+    assert r.json() == _openai_error(message, param)
 
 
 def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded) -> None:
@@ -128,20 +173,32 @@ def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded)
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "message", "param"),
     [
-        ({"prompt": ""}, "`prompt` cannot be empty"),
-        ({"prompt": [5, 10**6]}, "`prompt` has token ids outside the vocabulary (0..399): [1000000]"),
-        ({"prompt": "Hi", "suffix": "x"}, "Suffix is not supported and can be achieved by preprocessing the prompt."),
-        ({"prompt": ["a"] * 5}, "Number of prompts exceeds the maximum allowed batch size of 4"),
-        ({"prompt": ["a", "b"], "stream": True}, "streaming takes one prompt at a time"),
-        ({"prompt": "Hi", "max_tokens": 10**6}, "`max_new_tokens` must be <= 64. Given: 1000000"),
+        ({"prompt": ""}, "`prompt` cannot be empty", "prompt"),
+        ({"prompt": [5, 10**6]}, "`prompt` has token ids outside the vocabulary (0..399): [1000000]", None),
+        (
+            {"prompt": "Hi", "suffix": "x"},
+            "Suffix is not supported and can be achieved by preprocessing the prompt.",
+            "suffix",
+        ),
+        ({"prompt": ["a"] * 5}, "Number of prompts exceeds the maximum allowed batch size of 4", None),
+        ({"prompt": ["a", "b"], "stream": True}, "streaming takes one prompt at a time", None),
+        ({"prompt": "Hi", "max_tokens": 10**6}, "`max_new_tokens` must be <= 64. Given: 1000000", None),
+        ({"prompt": "Hi", "best_of": 2}, "`best_of` != 1 is not supported by the embedded server", "best_of"),
+        ({"prompt": "Hi", "logprobs": 6}, "`logprobs` must be >= 0 and <= 5", "logprobs"),
+        (
+            {"prompt": ["Hi", "\udc00"]},
+            "Failed to deserialize the JSON body into the target type: prompt: Value error, text holds a lone "
+            "surrogate (U+DC00) at character 0, which no tokenizer can encode: send valid UTF-8 text",
+            "prompt",
+        ),
     ],
 )
-def test_completion_refusals(client: TestClient, body: dict[str, Any], message: str) -> None:
-    r = client.post("/v1/completions", json=body)
+def test_completion_refusals(client: TestClient, body: dict[str, Any], message: str, param: str | None) -> None:
+    r = client.post("/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert r.json() == {"error": message, "error_type": "validation"}
+    assert r.json() == _openai_error(message, param)
 
 
 def test_models_lists_the_served_model(client: TestClient) -> None:
