@@ -254,3 +254,40 @@ def test_model_failure_mid_stream_is_an_error_event(tiny: TinyLoaded) -> None:
         "error": "Request failed during generation: RuntimeError: device lost",
         "error_type": "generation",
     }
+
+
+def test_errors_leave_a_kept_alive_connection_open(tiny: TinyLoaded) -> None:
+    import http.client
+
+    from diffpo_integrations.server import ServerConfig, create_app
+    from diffpo_integrations.server.serve import serve_in_thread
+
+    app = create_app(tiny, ServerConfig(api_key=None))
+    with serve_in_thread(app) as base_url:
+        state = app.state.diffpo
+
+        def broken_spans(text: str) -> Any:
+            raise RuntimeError("tokenizer crashed")
+
+        state.runtime.spans = broken_spans
+        host, port = base_url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        headers = {"content-type": "application/json"}
+        answers = []
+        for path, body in [
+            ("/tokenize", '{"inputs": "Hi"}'),
+            ("/generate", '{"inputs": "\\ud800"}'),
+            ("/v1/completions", '{"prompt": "\\ud800"}'),
+            ("/nope", "{}"),
+            ("/generate", '{"inputs": "Hi", "parameters": {"max_new_tokens": 1}}'),
+        ]:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+            sock = conn.sock
+            assert sock is not None
+            assert response.getheader("connection") != "close"
+        conn.close()
+    assert answers[0] == (500, {"error": "internal server error: RuntimeError", "error_type": "internal"})
+    assert [status for status, _ in answers] == [500, 422, 422, 404, 200]
+    assert answers[2][1]["error"]["param"] == "prompt"
