@@ -17,6 +17,7 @@ from typing import Any, Literal
 import httpx2
 from huggingface_hub import AsyncInferenceClient, InferenceClient, get_session
 
+from diffpo_integrations.backends._probe import check_probe_answer, normalize_base_url
 from diffpo_integrations.backends._transport import (
     RetryPolicy,
     async_session,
@@ -32,7 +33,7 @@ from diffpo_integrations.core.aligner import (
 )
 from diffpo_integrations.core.errors import ConfigurationError, IncompleteGenerationError
 from diffpo_integrations.core.prompt import AlignPrompt, TokenSpan, assemble_answer, build_prompt, render_texts
-from diffpo_integrations.core.templates import BUILTIN_TEMPLATES, ChatTemplate, get_template
+from diffpo_integrations.core.templates import BUILTIN_TEMPLATES, ChatTemplate, check_template_name, get_template
 from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, FinishReason, PromptMode
 
 __all__ = ["DEFAULT_ALIGNER_URL", "TGIAligner", "default_aligner_url"]
@@ -139,10 +140,10 @@ class TGIAligner(BaseAligner):
             prefix_sampling=prefix_sampling,
             seed=seed,
         )
-        self.base_url = (base_url or default_aligner_url()).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            msg = f"base_url must start with http:// or https://, got {self.base_url!r}"
-            raise ConfigurationError(msg)
+        # A pasted ``.../v1`` or route is dropped: every TGI route lives at the root.
+        self.base_url = normalize_base_url(base_url or default_aligner_url())
+        if isinstance(template, str):
+            check_template_name(template)
         self.endpoint = self.base_url
         self.timeout = timeout
         self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, deadline=deadline)
@@ -197,8 +198,9 @@ class TGIAligner(BaseAligner):
 
     def _get(self, path: str) -> Any:
         response = get_session().get(self.base_url + path, headers=self.headers, timeout=self.timeout)
+        payload = check_probe_answer(self.base_url, path, response)
         raise_for_answer(response, self.endpoint)
-        return response.json()
+        return payload
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx2.Response:
         response = get_session().post(self.base_url + path, json=body, headers=self.headers, timeout=self.timeout)
@@ -208,8 +210,9 @@ class TGIAligner(BaseAligner):
     async def _aget(self, path: str) -> Any:
         async with async_session() as session:
             response = await session.get(self.base_url + path, headers=self.headers, timeout=self.timeout)
+        payload = check_probe_answer(self.base_url, path, response)
         raise_for_answer(response, self.endpoint)
-        return response.json()
+        return payload
 
     async def _apost(self, path: str, body: dict[str, Any]) -> httpx2.Response:
         async with async_session() as session:
@@ -230,6 +233,14 @@ class TGIAligner(BaseAligner):
         }
         if isinstance(self.template, str) and self.template in BUILTIN_TEMPLATES:
             body["template"] = self.template
+        elif isinstance(self.template, str):
+            # A tokenizer's own template cannot travel: the server would use its model's template instead.
+            msg = (
+                f"template {self.template!r} is a tokenizer, which {self.base_url}/diffpo/align cannot use: "
+                f"pass one of {sorted(BUILTIN_TEMPLATES)}, leave it out to use the server model's own, "
+                "or pass use_align_route=False"
+            )
+            raise ConfigurationError(msg)
         if self.method is not None:
             body["method"] = self.method
         return body

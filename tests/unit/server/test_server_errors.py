@@ -291,3 +291,11 @@ def test_errors_leave_a_kept_alive_connection_open(tiny: TinyLoaded) -> None:
     assert answers[0] == (500, {"error": "internal server error: RuntimeError", "error_type": "internal"})
     assert [status for status, _ in answers] == [500, 422, 422, 404, 200]
     assert answers[2][1]["error"]["param"] == "prompt"
+
+
+def test_an_unknown_template_fails_the_start_listing_the_built_ins(tiny: TinyLoaded) -> None:
+    from diffpo_integrations.core import ConfigurationError
+
+    client = make_client(tiny, template="gemma2")
+    with pytest.raises(ConfigurationError, match=r"unknown template 'gemma2' \(did you mean 'gemma'\?\): use one of"):
+        client.__enter__()
