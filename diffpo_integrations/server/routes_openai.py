@@ -28,13 +28,17 @@ from diffpo_integrations.server.state import ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
 from diffpo_integrations.wire.openai import ChatBody, CompletionBody, openai_top_logprob
 
-__all__ = ["StopTrimmer", "router"]
+__all__ = ["TGI_CLIENT_MODEL", "StopTrimmer", "router"]
 
 router = APIRouter()
 
 MAX_CLIENT_BATCH_SIZE = 4
 """Prompts one ``/v1/completions`` call may carry (each is generated in turn)."""
 _FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+TGI_CLIENT_MODEL = "tgi"
+"""The model name TGI's Python clients (``text-generation``, LlamaIndex's ``TextGenerationInference``)
+send; they parse every ``data:`` line as JSON, so their chat streams end without OpenAI's ``[DONE]``
+(the ``openai`` SDK and ``huggingface_hub`` end at the end of the stream either way)."""
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """Roles the chat template takes (OpenAI's ``developer`` is its ``system``)."""
 
@@ -182,8 +186,18 @@ def _completion_logprobs(tokens: Sequence[GeneratedToken], offset: int) -> dict[
 
 def _check_common(state: ServerState, body: ChatBody | CompletionBody) -> None:
     _refuse_unsupported(body)
-    state.check_max_new_tokens(body.token_limit)
-    state.check_stops(body.stop)
+    limit = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    try:
+        state.check_max_new_tokens(body.token_limit)
+    except ApiError as exc:
+        # The shared checks speak TGI's words; OpenAI's callers also get their parameter's own name.
+        exc.param = limit
+        raise
+    try:
+        state.check_stops(body.stop)
+    except ApiError as exc:
+        exc.param = "stop"
+        raise
 
 
 def _error_event(exc: ApiError) -> bytes:
@@ -276,10 +290,8 @@ async def _chat_events(
     }
 
     def chunk(content: str | None, finish: str | None = None, tokens: Sequence[GeneratedToken] = ()) -> bytes:
-        # TGI's Messages API sends ``role`` in every delta, and its clients read it from each chunk.
-        delta: dict[str, Any] = {"role": "assistant"}
-        if content is not None:
-            delta["content"] = content
+        # TGI's Messages API sends ``role`` (and ``tool_calls``) in every delta; its clients require both.
+        delta: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": None}
         logprobs = {"content": [_chat_logprob(t) for t in tokens], "refusal": None} if body.logprobs else None
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return sse_event({**base, "choices": [choice]})
@@ -306,7 +318,8 @@ async def _chat_events(
     yield chunk(None, _FINISH[result.finish_reason])
     if include_usage:
         yield sse_event({**base, "choices": [], "usage": _usage(prompt_tokens, len(result.tokens))})
-    yield b"data: [DONE]\n\n"
+    if body.model != TGI_CLIENT_MODEL:
+        yield b"data: [DONE]\n\n"
 
 
 async def _completion_ids(state: ServerState, prompt: str | list[int]) -> list[int]:

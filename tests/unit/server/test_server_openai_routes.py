@@ -44,8 +44,8 @@ def test_chat_stream_joins_to_the_same_text_with_usage_last(client: TestClient) 
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "tool_calls": None}
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
     assert text == whole["choices"][0]["message"]["content"]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"] == []
@@ -75,7 +75,7 @@ def test_chat_stop_sequence_is_cut_from_the_text(tiny: TinyLoaded) -> None:
         assert out["choices"][0]["finish_reason"] == "stop"
         with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
             chunks = sse_payloads(r.iter_lines())[:-1]
-        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == "a"
+        assert "".join((ch["choices"][0]["delta"].get("content") or "") for ch in chunks) == "a"
         completion = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 10, "stop": ["bab"]}).json()
         assert completion["choices"][0]["text"] == "a"
         assert completion["choices"][0]["stop_reason"] == "bab"
@@ -124,8 +124,9 @@ def _image(url: str) -> dict[str, Any]:
             "message 0 has a content part of type 'image_url'; the model reads text only: send text parts",
             "messages.0.content.1.type",
         ),
-        ({"max_tokens": 0}, "`max_new_tokens` must be strictly positive", None),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5", None),
+        ({"max_tokens": 0}, "`max_new_tokens` must be strictly positive", "max_tokens"),
+        ({"max_completion_tokens": 0}, "`max_new_tokens` must be strictly positive", "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5", "stop"),
         (
             {"messages": []},
             "Failed to deserialize the JSON body into the target type: messages: List should have at least 1 item after validation, not 0",
@@ -184,7 +185,7 @@ def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded)
         ),
         ({"prompt": ["a"] * 5}, "Number of prompts exceeds the maximum allowed batch size of 4", None),
         ({"prompt": ["a", "b"], "stream": True}, "streaming takes one prompt at a time", None),
-        ({"prompt": "Hi", "max_tokens": 10**6}, "`max_new_tokens` must be <= 64. Given: 1000000", None),
+        ({"prompt": "Hi", "max_tokens": 10**6}, "`max_new_tokens` must be <= 64. Given: 1000000", "max_tokens"),
         ({"prompt": "Hi", "best_of": 2}, "`best_of` != 1 is not supported by the embedded server", "best_of"),
         ({"prompt": "Hi", "logprobs": 6}, "`logprobs` must be >= 0 and <= 5", "logprobs"),
         (

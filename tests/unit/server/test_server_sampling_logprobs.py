@@ -138,7 +138,7 @@ def test_chat_stream_deltas_all_carry_the_role(client: TestClient) -> None:
         chunks = sse_payloads(r.iter_lines())[:-1]
     assert len(chunks) > 2
     assert all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks)
-    assert chunks[-1]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"][0]["delta"] == {"role": "assistant", "content": None, "tool_calls": None}
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
