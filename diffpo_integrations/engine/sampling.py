@@ -13,15 +13,14 @@ sample, and only when asked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._core import DecodeResult, Emitter, TokenCallback, check_decode_args
-from .batching import open_session
+from ._core import DecodeResult, TokenCallback
+from .decoding import stepwise
 
 __all__ = ["SamplingParams", "TokenChooser", "sample"]
 
@@ -161,17 +160,11 @@ def sample(
         >>> a == sample(model, [1, 2, 3], params=params, max_new_tokens=5, stop_token_ids=[]).tokens
         True
     """
-    start = time.perf_counter()
-    prompt = check_decode_args(input_ids, max_new_tokens)
-    emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
-    passes = 0
-    if not emitter.done:
-        with open_session(model) as session, torch.inference_mode():
-            chooser = TokenChooser(params, prompt, session.device)
-            token = session.feed(prompt, 1, choose=chooser)[0]
-            while not emitter.push(token):
-                token = session.feed([token], 1, choose=chooser)[0]
-            passes = session.forward_passes
-    return emitter.result(
-        forward_passes=passes, accepted=0, prefill_tokens=len(prompt), elapsed_s=time.perf_counter() - start
+    return stepwise(
+        model,
+        input_ids,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=stop_token_ids,
+        on_token=on_token,
+        chooser=lambda prompt, device: TokenChooser(params, prompt, device),
     )

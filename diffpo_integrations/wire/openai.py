@@ -142,7 +142,7 @@ def openai_error_type(status: int) -> str:
         return "not_found_error"
     if status == 429:
         return "rate_limit_error"
-    if status >= 500:
+    if status >= 500 or status == 424:  # 424: TGI's "the model failed while generating"
         return "server_error"
     return "invalid_request_error"
 

@@ -11,6 +11,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from diffpo_integrations.core.types import check_utf8
+
 __all__ = ["Text", "check_text"]
 
 
@@ -18,7 +20,7 @@ def check_text(value: str) -> str:
     """``value`` unchanged when it is encodable as UTF-8.
 
     Raises:
-        ValueError: Naming the lone surrogate and where it is (never echoing the text).
+        InputError: a ``ValueError`` naming the lone surrogate and where it is (never echoing the text).
 
     Example:
         >>> check_text("caf\\u00e9")
@@ -26,17 +28,9 @@ def check_text(value: str) -> str:
         >>> check_text("a\\ud800")
         Traceback (most recent call last):
         ...
-        ValueError: text holds a lone surrogate (U+D800) at character 1, which no tokenizer can encode: send valid UTF-8 text
+        diffpo_integrations.core.errors.InputError: text is not valid UTF-8 text: lone surrogate '\\ud800' at character 1; no tokenizer can encode it: send valid UTF-8 text
     """
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        msg = (
-            f"text holds a lone surrogate (U+{ord(value[exc.start]):04X}) at character {exc.start}, "
-            "which no tokenizer can encode: send valid UTF-8 text"
-        )
-        raise ValueError(msg) from None
-    return value
+    return check_utf8(value, "text", "no tokenizer can encode it: send valid UTF-8 text")
 
 
 Text = Annotated[str, AfterValidator(check_text)]

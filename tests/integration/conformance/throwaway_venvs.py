@@ -34,13 +34,15 @@ class VenvSpec:
     requirements: tuple[str, ...]
     first: tuple[str, ...] = ()
     key_extra: str = ""
-    """Anything else the environment depends on (the project's dependency metadata)."""
+    """Stands for the requirements in the cache key (the project's dependency metadata)."""
     then_no_deps: tuple[str, ...] = field(default=(), compare=False)
     """Reinstalled without dependencies on every use (the freshly built wheel)."""
 
     @property
     def path(self) -> Path:
-        blob = json.dumps([self.requirements, self.first, self.key_extra, sys.version]).encode()
+        # With a key_extra the requirements name a fresh wheel each run: the key stands for them.
+        wanted = self.key_extra or self.requirements
+        blob = json.dumps([wanted, self.first, sys.version]).encode()
         return CACHE / f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
     def python(self) -> Path:
@@ -79,7 +81,8 @@ def ensure(spec: VenvSpec) -> Path:
     """The environment's python, created (or reused from the cache) with the project's wheel refreshed."""
     ready = spec.path / "ready"
     if not ready.exists():
-        shutil.rmtree(spec.path, ignore_errors=True)
+        for stale in CACHE.glob(f"{spec.name}-*"):  # older requirements of the same environment
+            shutil.rmtree(stale, ignore_errors=True)
         spec.path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(spec.path)], check=True, capture_output=True)
         if spec.first:

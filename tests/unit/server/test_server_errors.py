@@ -87,14 +87,14 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "lone surrogate",
         {"inputs": "Hi \ud800"},
-        "Failed to deserialize the JSON body into the target type: inputs: Value error, text holds a lone "
-        "surrogate (U+D800) at character 3, which no tokenizer can encode: send valid UTF-8 text",
+        "Failed to deserialize the JSON body into the target type: inputs: Value error, text is not valid UTF-8 text: "
+        "lone surrogate '\\ud800' at character 3; no tokenizer can encode it: send valid UTF-8 text",
     ),
     (
         "lone surrogate in a stop",
         {"inputs": "Hi", "parameters": {"stop": ["\udfff"]}},
-        "Failed to deserialize the JSON body into the target type: parameters.stop.0: Value error, text holds a "
-        "lone surrogate (U+DFFF) at character 0, which no tokenizer can encode: send valid UTF-8 text",
+        "Failed to deserialize the JSON body into the target type: parameters.stop.0: Value error, text is not valid UTF-8 text: "
+        "lone surrogate '\\udfff' at character 0; no tokenizer can encode it: send valid UTF-8 text",
     ),
     (
         "truncate zero",

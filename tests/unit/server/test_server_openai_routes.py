@@ -135,7 +135,7 @@ def _image(url: str) -> dict[str, Any]:
         (
             {"messages": [{"role": "user", "content": "\ud83d"}]},
             "Failed to deserialize the JSON body into the target type: messages.0.content: Value error, text "
-            "holds a lone surrogate (U+D83D) at character 0, which no tokenizer can encode: send valid UTF-8 text",
+            "is not valid UTF-8 text: lone surrogate '\\ud83d' at character 0; no tokenizer can encode it: send valid UTF-8 text",
             "messages.0.content",
         ),
     ],
@@ -190,8 +190,8 @@ def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded)
         ({"prompt": "Hi", "logprobs": 6}, "`logprobs` must be >= 0 and <= 5", "logprobs"),
         (
             {"prompt": ["Hi", "\udc00"]},
-            "Failed to deserialize the JSON body into the target type: prompt: Value error, text holds a lone "
-            "surrogate (U+DC00) at character 0, which no tokenizer can encode: send valid UTF-8 text",
+            "Failed to deserialize the JSON body into the target type: prompt: Value error, text is not valid UTF-8 text: "
+            "lone surrogate '\\udc00' at character 0; no tokenizer can encode it: send valid UTF-8 text",
             "prompt",
         ),
     ],
@@ -204,3 +204,28 @@ def test_completion_refusals(client: TestClient, body: dict[str, Any], message: 
 
 def test_models_lists_the_served_model(client: TestClient) -> None:
     assert client.get("/v1/models").json()["data"][0]["id"] == "tiny-llama"
+
+
+def test_a_failure_mid_stream_is_an_openai_error_event(tiny: TinyLoaded) -> None:
+    from server_fakes import make_client
+
+    def fails_after_one(model: Any, input_ids: Any, draft_ids: Any = None, **kw: Any) -> Any:
+        kw["on_token"](5)
+        raise RuntimeError("boom")
+
+    with make_client(tiny, decode_fn=fails_after_one) as c:
+        body = {"messages": MESSAGES, "max_tokens": 4, "stream": True}
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            events = sse_payloads(r.iter_lines())
+        with c.stream("POST", "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "stream": True}) as r:
+            completion_events = sse_payloads(r.iter_lines())
+    error = {
+        "error": {
+            "message": "Request failed during generation: RuntimeError: boom",
+            "type": "server_error",
+            "param": None,
+            "code": "generation",
+        }
+    }
+    assert events[-1] == error
+    assert completion_events[-1] == error

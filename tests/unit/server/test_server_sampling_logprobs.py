@@ -171,4 +171,4 @@ def test_lone_surrogates_are_a_422_on_every_route(client: TestClient, route: str
     assert r.status_code == 422
     payload = r.json()
     message = payload["error"]["message"] if route.startswith("/v1/") else payload["error"]
-    assert "lone surrogate (U+D800)" in message
+    assert "lone surrogate '\\ud800'" in message
