@@ -1,4 +1,5 @@
-"""``diffpo bench``: the engine benchmark (``engine``) and the plugin-overhead benchmark (``overhead``)."""
+"""``diffpo bench``: the engine benchmark (``engine``), the plugin-overhead benchmark (``overhead``) and the
+gateway-overhead benchmark (``gateway``)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ ENGINE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_engi
 
 
 def register(sub: Any) -> None:
-    """Add the ``bench`` subcommand and its ``engine`` and ``overhead`` forms."""
+    """Add the ``bench`` subcommand and its ``engine``, ``overhead`` and ``gateway`` forms."""
     parser = sub.add_parser("bench", help="run the benchmarks", description="Benchmarks that print ratios.")
-    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,overhead}")
+    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,overhead,gateway}")
     engine = which.add_parser(
         "engine",
         help="decoding speed of the local engine (runs benchmarks/bench_engine.py)",
@@ -47,6 +48,48 @@ def register(sub: Any) -> None:
     overhead.add_argument("--profile", action="store_true", help="also print a cProfile of TGIAligner.align")
     overhead.add_argument("--json", type=Path, help="also write the figures here as JSON")
     overhead.set_defaults(run=run)
+    _register_gateway(which)
+
+
+def _register_gateway(which: Any) -> None:
+    gateway = which.add_parser(
+        "gateway",
+        help="latency added by diffpo gateway over calling the upstream directly (alignment off)",
+        description=(
+            "Start a local upstream that answers after a fixed delay and diffpo gateway in front of it, then time "
+            "one call and 64 concurrent calls straight to the upstream and through the gateway."
+        ),
+    )
+    gateway.add_argument("--delay-ms", type=float, default=20.0, help="upstream delay per call (default %(default)s)")
+    gateway.add_argument("--iterations", type=int, default=200, help="timed calls per leg (default %(default)s)")
+    gateway.add_argument("--warmup", type=int, default=20, help="untimed calls per leg first")
+    gateway.add_argument("--concurrency", type=int, default=64, help="concurrent calls (default %(default)s)")
+    gateway.add_argument("--rounds", type=int, default=5, help="timed concurrent rounds per leg (default %(default)s)")
+    gateway.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    gateway.set_defaults(run=run)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from diffpo_integrations.evaluation.delay_server import delay_server
+    from diffpo_integrations.evaluation.gateway_bench import format_gateway_table, gateway_process, run_gateway_bench
+
+    with delay_server(args.delay_ms) as upstream, gateway_process(upstream) as gateway:
+        result = run_gateway_bench(
+            upstream,
+            gateway,
+            delay_ms=args.delay_ms,
+            iterations=args.iterations,
+            warmup=args.warmup,
+            concurrency=args.concurrency,
+            rounds=args.rounds,
+        )
+    print(format_gateway_table(result))
+    if args.json:
+        figures = {**asdict(result), "added_ms": result.added_ms, "concurrency_ratio": result.concurrency_ratio}
+        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    return 0
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -101,7 +144,9 @@ def _overhead(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``diffpo bench engine|overhead``."""
+    """Run ``diffpo bench engine|overhead|gateway``."""
     if args.bench == "engine":
         return _engine(args)
+    if args.bench == "gateway":
+        return _gateway(args)
     return _overhead(args)

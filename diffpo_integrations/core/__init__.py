@@ -8,6 +8,7 @@ from diffpo_integrations.core.aligner import (
     BaseAligner,
     MessagesLike,
 )
+from diffpo_integrations.core.conversation import ToolCall, Turn, build_conversation, render_tool_result
 from diffpo_integrations.core.errors import (
     AlignerConnectionError,
     AlignerError,
@@ -85,11 +86,15 @@ __all__ = [
     "ServerValidationError",
     "TokenSpan",
     "TokenizerTemplate",
+    "ToolCall",
+    "Turn",
     "assemble_answer",
+    "build_conversation",
     "build_prompt",
     "coerce_messages",
     "error_from_tgi_payload",
     "get_template",
     "paper_prefix_tokens",
     "render_texts",
+    "render_tool_result",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "AnswerStream",
     "BaseAligner",
     "MessagesLike",
+    "check_aligner",
 ]
 
 DEFAULT_KEEP_PREFIX_TOKENS = 6
@@ -52,6 +53,26 @@ class Aligner(Protocol):
     def astream(self, messages: MessagesLike, draft: str, **options: Any) -> AsyncIterator[AlignChunk]:
         """Async :meth:`stream`."""
         ...
+
+
+def check_aligner(value: object) -> Aligner | None:
+    """``value`` if it is an aligner (or ``None``: the component builds its default one).
+
+    Every integration checks its ``aligner=`` argument here, so a mistake reads the same everywhere.
+
+    Raises:
+        ConfigurationError: ``value`` is a URL string or another object that is no aligner.
+    """
+    if value is None or isinstance(value, Aligner):
+        return value
+    if isinstance(value, str):
+        msg = (
+            f"aligner={value!r} is a URL, not an aligner: pass aligner=TGIAligner({value!r}) "
+            "(from diffpo_integrations.backends import TGIAligner), or set $DIFFPO_ALIGNER_URL and leave aligner out"
+        )
+        raise ConfigurationError(msg)
+    msg = f"aligner must implement align/aalign/stream/astream (an Aligner), got {type(value).__name__}"
+    raise ConfigurationError(msg)
 
 
 class BaseAligner(ABC):

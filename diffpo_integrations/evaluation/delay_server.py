@@ -1,8 +1,8 @@
 """A tiny HTTP/1.1 server that answers TGI and DiffPO routes after a fixed delay, for overhead benchmarks.
 
 It speaks just enough HTTP (keep-alive, ``Content-Length`` bodies) for ``huggingface_hub``'s clients:
-``GET /info`` (announcing the ``/diffpo/align`` route), ``POST /diffpo/align``, ``POST /`` and
-``POST /generate``. Every POST answers the same canned JSON after ``delay`` seconds, so whatever a
+``GET /info`` (announcing the ``/diffpo/align`` route), ``POST /diffpo/align``, ``POST /``,
+``POST /generate`` and, as an OpenAI upstream, ``POST /v1/chat/completions`` and ``GET /v1/models``. Every POST answers the same canned JSON after ``delay`` seconds, so whatever a
 client adds on top of the delay is the client's own cost. Run it in its own process
 (``python -m diffpo_integrations.evaluation.delay_server --delay-ms 20``): it prints ``PORT <n>``.
 """
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-__all__ = ["ALIGN_ANSWER", "GENERATE_ANSWER", "INFO", "delay_server", "serve"]
+__all__ = ["ALIGN_ANSWER", "CHAT_ANSWER", "GENERATE_ANSWER", "INFO", "delay_server", "serve"]
 
 INFO = {
     "model_id": "delay-server",
@@ -31,6 +31,23 @@ ALIGN_ANSWER = {
     "generated_tokens": 12,
     "finish_reason": "eos_token",
     "details": {"prompt_tokens": 20, "kept_tokens": 3, "route": "diffpo/align", "forward_passes": 4},
+}
+CHAT_ANSWER = {
+    "id": "chatcmpl-delay",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "delay-server",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Seven is a prime number: its only divisors are one and itself.",
+            },
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 14, "total_tokens": 26},
 }
 GENERATE_ANSWER = {
     "generated_text": " prime number: its only divisors are one and itself.",
@@ -62,9 +79,13 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 writer.write(_response(200, INFO))
             elif method == "GET" and path == "/health":
                 writer.write(_response(200, {}))
-            elif method == "POST" and path in ("/diffpo/align", "/", "/generate"):
+            elif method == "GET" and path == "/v1/models":
+                writer.write(_response(200, {"object": "list", "data": [{"id": "delay-server", "object": "model"}]}))
+            elif method == "POST" and path in ("/diffpo/align", "/", "/generate", "/v1/chat/completions"):
                 await asyncio.sleep(delay)
-                payload: object = ALIGN_ANSWER if path == "/diffpo/align" else GENERATE_ANSWER
+                payload: object = {"/diffpo/align": ALIGN_ANSWER, "/v1/chat/completions": CHAT_ANSWER}.get(
+                    path, GENERATE_ANSWER
+                )
                 writer.write(_response(200, [payload] if path == "/" else payload))
             else:
                 writer.write(_response(404, {"error": f"no route {path}", "error_type": "not_found"}))

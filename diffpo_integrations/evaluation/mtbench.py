@@ -39,6 +39,7 @@ __all__ = [
     "new_answer_id",
     "read_jsonl",
     "read_records",
+    "rewrite_records",
     "turn_messages",
 ]
 
@@ -150,6 +151,19 @@ def read_records(path: str | os.PathLike[str], *, repair: bool = False) -> list[
         with open(p, "ab") as f:
             f.write(b"\n")
     return records
+
+
+def rewrite_records(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file's content with ``records``, atomically.
+
+    Written to a temporary file beside it, then renamed over it: an interrupt leaves either the
+    old or the new file, never a mix.
+    """
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    os.replace(tmp, p)
 
 
 def load_questions(path: str | os.PathLike[str]) -> list[Question]:

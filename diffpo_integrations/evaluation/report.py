@@ -201,7 +201,7 @@ def _index_html(rows: Sequence[ReportRow]) -> str:
     )
 
 
-def _turn_html(row: ReportRow) -> str:
+def _turn_html(row: ReportRow, judged: str = "") -> str:
     *earlier, current = row.messages
     history = ""
     if earlier:
@@ -232,30 +232,45 @@ def _turn_html(row: ReportRow) -> str:
         f'{error}<div class="cols">'
         f'<div class="col"><h4>Draft (base model)</h4><div class="text">{_segments(row.diff.draft)}</div></div>'
         f'<div class="col"><h4>Aligned (DiffPO)</h4><div class="text">{_segments(row.diff.aligned)}</div></div>'
-        f'</div><p class="facts">{" · ".join(facts)}</p></article>'
+        f'</div><p class="facts">{" · ".join(facts)}</p>{judged}</article>'
     )
 
 
-def render_report(rows: Sequence[ReportRow], *, title: str = "DiffPO evaluation", info: str = "") -> str:
+def render_report(
+    rows: Sequence[ReportRow],
+    *,
+    title: str = "DiffPO evaluation",
+    info: str = "",
+    judge: str = "",
+    judgments: Mapping[tuple[str, int], str] | None = None,
+) -> str:
     """The report as one HTML document.
 
     Args:
         rows: from :func:`collect_rows`.
         title: the page title.
         info: a line under the title (file names, model ids); escaped here.
+        judge: the judge's summary section (HTML from
+            :func:`~diffpo_integrations.evaluation.judge_report.judge_sections`), shown under the summary.
+        judgments: per ``(question_id as str, 0-based turn)``, the HTML of that turn's judgments, shown
+            under its answers.
     """
     summary = summarize(rows)
     legend = (
         '<p class="legend">Word-level differences: <span>kept</span> · <del>removed from the draft</del> · '
         "<ins>inserted by the aligner</ins></p>"
     )
-    turns = "".join(_turn_html(r) for r in rows) or "<p>No aligned turns in this file yet.</p>"
+    judged = judgments or {}
+    turns = (
+        "".join(_turn_html(r, judged.get((str(r.question_id), r.turn), "")) for r in rows)
+        or "<p>No aligned turns in this file yet.</p>"
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>"
         f"<header><h1>{_e(title)}</h1><p class='note'>{_e(info)}</p></header>"
-        f"{_summary_html(summary)}{legend}{_index_html(rows)}<section><h2>Answers</h2>{turns}</section>"
+        f"{_summary_html(summary)}{judge}{legend}{_index_html(rows)}<section><h2>Answers</h2>{turns}</section>"
         "</main></body></html>\n"
     )
 
@@ -267,8 +282,13 @@ def write_report(
     questions: str | os.PathLike[str] | None = None,
     answers: str | os.PathLike[str] | None = None,
     title: str = "DiffPO evaluation",
+    judgments: str | os.PathLike[str] | None = None,
+    judge_summary: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read an output file (and optionally the questions and base answers), write the HTML report.
+
+    With ``judgments`` (a judgments file of ``diffpo judge``) and its ``judge_summary``, the report also
+    shows the judge's figures, its per-category chart, and each turn's judgments under its answers.
 
     Returns:
         The summary figures.
@@ -279,5 +299,16 @@ def write_report(
     rows = collect_rows(records, qmap, base)
     models = sorted({str(r.get("model_id")) for r in records})
     info = f"{Path(out).name}: {', '.join(models) or 'no answers yet'} · generated {time.strftime('%Y-%m-%d %H:%M')}"
-    Path(report).write_text(render_report(rows, title=title, info=info), encoding="utf-8")
+    judge, per_turn = "", {}
+    if judgments is not None and judge_summary is not None:
+        from diffpo_integrations.evaluation.judge_report import judge_sections, turn_judgments_html
+
+        judged = read_records(judgments)
+        judge = judge_sections(judge_summary, judged, list(qmap.values()) if qmap else [])
+        grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for j in judged:
+            grouped.setdefault((str(j["question_id"]), int(j.get("turn", 1)) - 1), []).append(j)
+        per_turn = {key: turn_judgments_html(js) for key, js in grouped.items()}
+    page = render_report(rows, title=title, info=info, judge=judge, judgments=per_turn)
+    Path(report).write_text(page, encoding="utf-8")
     return summarize(rows)

@@ -43,6 +43,13 @@ del{background:var(--del-bg);color:var(--del-fg);text-decoration:line-through}
 ins{background:var(--ins-bg);color:var(--ins-fg);text-decoration:none}
 .facts{font-size:.85rem;color:var(--muted);margin:.6em 0 0}
 .bad{color:var(--bad);font-weight:600}
+.judgment{border-left:3px solid var(--accent);padding:4px 10px;margin:8px 0;font-size:.92rem}
+svg.chart{width:100%;max-width:640px;height:auto;font-size:11px}
+svg text{fill:var(--fg)}
+svg .tick,svg .val{fill:var(--muted)}
+svg .grid{stroke:var(--line);stroke-width:1}
+svg .range{stroke:var(--accent);stroke-width:3}
+svg .s0{fill:var(--accent)}svg .s1{fill:#d97706}svg .s2{fill:#16a34a}svg .s3{fill:#9333ea}
 @media (max-width:700px){main{padding:10px}.cols{grid-template-columns:1fr}h1{font-size:1.3rem}
 body{font-size:15px}.turn{padding:10px}}
 """

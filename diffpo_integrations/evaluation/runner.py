@@ -28,6 +28,7 @@ from diffpo_integrations.evaluation.mtbench import (
     answer_record,
     build_job,
     read_records,
+    rewrite_records,
 )
 
 __all__ = ["EvalSummary", "PendingJob", "arun_eval", "file_jobs", "plain_jobs", "record_failed", "run_eval"]
@@ -103,14 +104,14 @@ def record_failed(record: AlignedRecord) -> bool:
     return any(isinstance(m, dict) and not m.get("aligned", True) for m in turns)
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, *, desc: str = "aligning", unit: str = "turn") -> Any:
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a convenience; the cli extra brings tqdm
         return None
-    return tqdm(total=total, unit="turn", desc="aligning", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=sys.stderr)
 
 
 def _resume(out: Path, retry_failed: bool) -> set[int | str]:
@@ -118,10 +119,7 @@ def _resume(out: Path, retry_failed: bool) -> set[int | str]:
     records = read_records(out, repair=True)
     if retry_failed and any(record_failed(r) for r in records):
         kept = [r for r in records if not record_failed(r)]
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-        os.replace(tmp, out)  # atomic: an interrupt leaves either the old or the new file
+        rewrite_records(out, kept)
         records = kept
     return {r["question_id"] for r in records if "question_id" in r}
 

@@ -29,10 +29,24 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
+from diffpo_integrations.core.errors import ConversationNotFoundError
+from diffpo_integrations.langchain._runs import ALIGNER_TAG, DRAFT_TAG
+
 __all__ = ["PROMPT_CAPTURE", "CapturedConversation", "PromptCapture"]
 
 # LangChain names a model's output message after the model run: "lc_run--<run id>".
 _LC_RUN_PREFIX = "lc_run--"
+_IGNORED_TAGS = frozenset({ALIGNER_TAG, DRAFT_TAG})
+
+
+def _ambiguous(count: int) -> str:
+    return (
+        f"DiffPOAlign found {count} chat model runs before it that could have written this draft, and the "
+        "draft's message id does not name one of them, so it will not guess which conversation to align "
+        "against. Keep the model's message on the way to DiffPOAlign (its id, 'lc_run--<run id>', names "
+        "the model run), or pass the conversation explicitly: DiffPOAlign(conversation=[...]), or invoke "
+        'it with {"messages": [...], "draft": ...}.'
+    )
 
 
 @dataclass
@@ -113,8 +127,11 @@ class PromptCapture(BaseCallbackHandler):
         """The conversation that produced the draft seen by run ``run_id``, or ``None``.
 
         The draft's message id names its model run when LangChain assigned it; otherwise the
-        nearest ancestor holding conversations decides, preferring the model whose output equals
-        the draft, then the latest model started.
+        nearest ancestor holding conversations decides: the one model whose output equals the
+        draft, else its one model. It never guesses between several.
+
+        Raises:
+            ConversationNotFoundError: several models could have written the draft.
         """
         with self._lock:
             tree = self._tree
@@ -131,8 +148,10 @@ class PromptCapture(BaseCallbackHandler):
                 candidates = tree.by_ancestor.get(node)
                 if candidates:
                     same = [c for c in candidates if draft_text is not None and c.output == draft_text]
-                    best = max(same or candidates, key=lambda c: c.order)
-                    return list(best.messages)
+                    pool = same or candidates
+                    if len(pool) > 1:
+                        raise ConversationNotFoundError(_ambiguous(len(pool)))
+                    return list(pool[0].messages)
                 node = tree.parent.get(node)
             return None
 
@@ -165,6 +184,12 @@ class PromptCapture(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
+        if _IGNORED_TAGS.intersection(kwargs.get("tags") or ()):
+            # The aligner's own runs, and the draft run inside ChatDiffPO (whose run holds the same
+            # messages), are no conversation a later step could be aligning.
+            with self._lock:
+                self._start(run_id, parent_run_id)
+            return
         self._model_start(run_id, parent_run_id, messages[0] if messages else [])
 
     def on_llm_start(

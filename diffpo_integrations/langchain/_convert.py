@@ -19,8 +19,9 @@ from langchain_core.messages import (
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.prompt_values import PromptValue
 
+from diffpo_integrations.core.conversation import ToolCall, Turn, TurnRole, build_conversation
 from diffpo_integrations.core.errors import InputError
-from diffpo_integrations.core.types import AlignResult, Message, Role
+from diffpo_integrations.core.types import AlignResult, Message
 
 __all__ = [
     "ConversationLike",
@@ -36,7 +37,7 @@ __all__ = [
 ConversationLike = Sequence[BaseMessage | dict[str, Any] | tuple[str, str] | str] | PromptValue
 """LangChain messages, role/content dicts, ``(role, content)`` pairs, or a prompt value."""
 
-_CHAT_ROLES: dict[str, Role] = {"user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
+_CHAT_ROLES: dict[str, TurnRole] = {"user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
 
 
 def message_text(message: BaseMessage) -> str:
@@ -66,49 +67,45 @@ def base_answer(message: AIMessage) -> str | None:
     return str(meta["draft"])
 
 
+def _turn(message: BaseMessage) -> Turn:
+    text = message_text(message)
+    if isinstance(message, ToolMessage):
+        return Turn("tool", text, tool_call_id=message.tool_call_id, name=message.name)
+    if isinstance(message, AIMessage):
+        if has_tool_calls(message):
+            calls = tuple(ToolCall(c["name"], c["args"], c.get("id")) for c in message.tool_calls)
+            # A call still being streamed or unparsable is an action all the same.
+            return Turn("assistant", text, tool_calls=calls or (ToolCall("tool"),))
+        return Turn("assistant", base_answer(message) or text)
+    if isinstance(message, SystemMessage):
+        return Turn("system", text)
+    if isinstance(message, HumanMessage):
+        return Turn("user", text)
+    if isinstance(message, ChatMessage) and message.role in _CHAT_ROLES:
+        return Turn(_CHAT_ROLES[message.role], text)
+    if isinstance(message, ChatMessage) and message.role == "system":
+        return Turn("system", text)
+    msg = (
+        f"cannot use a {type(message).__name__} in the aligner's conversation; pass system, human, AI or tool messages"
+    )
+    raise InputError(msg)
+
+
 def to_conversation(messages: ConversationLike) -> list[Message]:
     """Turn the messages sent to a chat model into the aligner's conversation.
 
-    System, human and AI turns map to ``system``/``user``/``assistant``; earlier AI answers stay the
-    base model's answers, as the official MT-bench inference does (an aligned message contributes
-    the draft recorded in its metadata, see :func:`base_answer`). An AI turn that only calls tools
-    is dropped, and each tool result is added to the user turn before it, so the aligner sees the
-    facts the answer rests on while the conversation still alternates and ends with a user turn.
+    Follows the package's one rule (:func:`~diffpo_integrations.core.build_conversation`): system,
+    human and AI turns map to ``system``/``user``/``assistant``; earlier AI answers stay the base
+    model's answers, as the official MT-bench inference does (an aligned message contributes the
+    draft recorded in its metadata, see :func:`base_answer`); an AI turn that calls tools is
+    dropped and each tool result, with the call that produced it, is added to the user turn it
+    serves, so the aligner sees the facts the answer rests on.
 
     Raises:
         InputError: a turn cannot be read as text, or the conversation has no turn at all.
     """
     lc_messages = messages.to_messages() if isinstance(messages, PromptValue) else convert_to_messages(messages)
-    out: list[Message] = []
-    for message in lc_messages:
-        text = message_text(message)
-        if isinstance(message, ToolMessage):
-            name = message.name or "tool"
-            note = f"Tool result ({name}): {text}"
-            if out and out[-1].role == "user":
-                out[-1] = Message(role="user", content=f"{out[-1].content}\n\n{note}")
-            else:
-                out.append(Message(role="user", content=note))
-            continue
-        if isinstance(message, AIMessage):
-            if has_tool_calls(message) and not text.strip():
-                continue
-            out.append(Message(role="assistant", content=base_answer(message) or text))
-        elif isinstance(message, SystemMessage):
-            out.append(Message(role="system", content=text))
-        elif isinstance(message, HumanMessage):
-            out.append(Message(role="user", content=text))
-        elif isinstance(message, ChatMessage) and message.role in _CHAT_ROLES:
-            out.append(Message(role=_CHAT_ROLES[message.role], content=text))
-        elif isinstance(message, ChatMessage) and message.role == "system":
-            out.append(Message(role="system", content=text))
-        else:
-            msg = f"cannot use a {type(message).__name__} in the aligner's conversation; pass system, human, AI or tool messages"
-            raise InputError(msg)
-    if not out:
-        msg = "the conversation is empty: pass at least the user turn that the draft answers"
-        raise InputError(msg)
-    return out
+    return build_conversation(_turn(m) for m in lc_messages)
 
 
 def _replace_text(content: str | list[str | dict[str, Any]], text: str) -> str | list[str | dict[str, Any]]:

@@ -19,7 +19,7 @@ from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.utils import from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from diffpo_integrations.core.aligner import Aligner
+from diffpo_integrations.core.aligner import Aligner, check_aligner
 from diffpo_integrations.core.errors import (
     AlignerError,
     ConfigurationError,
@@ -81,6 +81,11 @@ class AlignerSettings(BaseModel):
     """``"closed"`` raises the aligner's typed error; ``"open"`` returns the draft, flagged, and warns."""
     stream_policy: StreamPolicy = "full_draft"
     """``"full_draft"`` waits for the whole draft; ``"early"`` starts once the kept prefix has arrived."""
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        # Checked before pydantic, which would wrap the ConfigurationError in a ValidationError.
+        check_aligner(data.get("aligner"))
+        super().__init__(*args, **data)
 
     _alignment: Alignment | None = PrivateAttr(default=None)
     _alignment_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -265,26 +270,35 @@ class Alignment:
 
     # -- whole messages -----------------------------------------------------------------------
 
-    def align(self, conversation: Resolve, draft: AIMessage, notify: Notify) -> AIMessage:
-        """The aligned message; tool-calling messages pass through unchanged."""
+    def align(
+        self, conversation: Resolve, draft: AIMessage, notify: Notify, *, aligner: Aligner | None = None
+    ) -> AIMessage:
+        """The aligned message; tool-calling messages pass through unchanged.
+
+        ``aligner`` is the call's view of :attr:`aligner` (a traced one, see ``_runs.TracedAligner``).
+        """
         if has_tool_calls(draft):
             return draft
         text = message_text(draft)
         try:
-            result = self.aligner.align(to_conversation(conversation(draft)), text, **self._options())
+            result = (aligner or self.aligner).align(to_conversation(conversation(draft)), text, **self._options())
         except _RECOVERABLE as err:
             result = self._unaligned(text, err)
             notify(result)
             return unaligned_message(draft, result)
         return aligned_message(draft, result)
 
-    async def aalign(self, conversation: Resolve, draft: AIMessage, notify: AsyncNotify) -> AIMessage:
+    async def aalign(
+        self, conversation: Resolve, draft: AIMessage, notify: AsyncNotify, *, aligner: Aligner | None = None
+    ) -> AIMessage:
         """Async :meth:`align`."""
         if has_tool_calls(draft):
             return draft
         text = message_text(draft)
         try:
-            result = await self.aligner.aalign(to_conversation(conversation(draft)), text, **self._options())
+            result = await (aligner or self.aligner).aalign(
+                to_conversation(conversation(draft)), text, **self._options()
+            )
         except _RECOVERABLE as err:
             result = self._unaligned(text, err)
             await notify(result)
@@ -299,7 +313,12 @@ class Alignment:
     # back, and appending the draft to it would give the caller an answer no model wrote.
 
     def stream(
-        self, conversation: Resolve, chunks: Iterator[AIMessageChunk], notify: Notify
+        self,
+        conversation: Resolve,
+        chunks: Iterator[AIMessageChunk],
+        notify: Notify,
+        *,
+        aligner: Aligner | None = None,
     ) -> Iterator[AIMessageChunk]:
         """Aligned chunks for a stream of draft chunks; the last chunk carries the metadata."""
         buffer = _DraftBuffer(self.ready_words())
@@ -318,7 +337,9 @@ class Alignment:
         result: AlignResult | None = None
         emitted = False
         try:
-            for piece in self.aligner.stream(to_conversation(conversation(draft)), buffer.text, **self._options()):
+            for piece in (aligner or self.aligner).stream(
+                to_conversation(conversation(draft)), buffer.text, **self._options()
+            ):
                 if piece.text:
                     if not emitted:
                         _close(chunks)
@@ -342,7 +363,12 @@ class Alignment:
         yield _last_chunk(draft, result, complete=buffer.complete)
 
     async def astream(
-        self, conversation: Resolve, chunks: AsyncIterator[AIMessageChunk], notify: AsyncNotify
+        self,
+        conversation: Resolve,
+        chunks: AsyncIterator[AIMessageChunk],
+        notify: AsyncNotify,
+        *,
+        aligner: Aligner | None = None,
     ) -> AsyncIterator[AIMessageChunk]:
         """Async :meth:`stream`."""
         buffer = _DraftBuffer(self.ready_words())
@@ -363,7 +389,7 @@ class Alignment:
         result: AlignResult | None = None
         emitted = False
         try:
-            async for piece in self.aligner.astream(
+            async for piece in (aligner or self.aligner).astream(
                 to_conversation(conversation(draft)), buffer.text, **self._options()
             ):
                 if piece.text:

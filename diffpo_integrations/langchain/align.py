@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, RemoveMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.utils import AddableDict
 
@@ -17,10 +17,14 @@ from diffpo_integrations.core.errors import ConversationNotFoundError, InputErro
 from diffpo_integrations.langchain._capture import PROMPT_CAPTURE
 from diffpo_integrations.langchain._convert import ConversationLike, has_tool_calls, to_chunk
 from diffpo_integrations.langchain._engine import AlignerSettings, Resolve, async_notifier, sync_notifier
+from diffpo_integrations.langchain._runs import TracedAligner
 
 __all__ = ["DiffPOAlign"]
 
 T = TypeVar("T")
+
+ALIGNED_ID_SUFFIX = "-aligned"
+"""Added to the draft's id to name the aligned message in a LangGraph state."""
 
 _NOT_FOUND = (
     "DiffPOAlign could not find the conversation that produced this draft: no chat model ran in the "
@@ -37,6 +41,31 @@ class _Call:
     draft: AIMessage
     conversation: ConversationLike | None
     render: Callable[[AIMessage], Any]
+    graph: bool = False
+    """LangGraph form: the output is a state update, and an empty one when there is nothing to align."""
+
+    @property
+    def message_id(self) -> str | None:
+        """Id of the aligned message: a new one in a graph, so that LangGraph streams it as new."""
+        if self.graph and self.draft.id is not None:
+            return f"{self.draft.id}{ALIGNED_ID_SUFFIX}"
+        return self.draft.id
+
+    def skip(self) -> bool:
+        """Nothing to align: a tool-calling turn, or (in a graph) an answer aligned already."""
+        return has_tool_calls(self.draft) or (self.graph and _already_aligned(self.draft))
+
+
+def _already_aligned(message: AIMessage) -> bool:
+    meta = message.response_metadata.get("diffpo")
+    return isinstance(meta, dict) and "aligned" in meta
+
+
+def _graph_update(draft: AIMessage, aligned: AIMessage) -> dict[str, list[BaseMessage]]:
+    # A new id makes LangGraph's messages stream show the answer; the reducer drops the draft.
+    if draft.id is None:
+        return {"messages": [aligned]}
+    return {"messages": [RemoveMessage(id=draft.id), aligned.model_copy(update={"id": draft.id + ALIGNED_ID_SUFFIX})]}
 
 
 def _read(value: Any) -> _Call:
@@ -52,8 +81,9 @@ def _read(value: Any) -> _Call:
     if isinstance(value, dict) and value.get("messages"):
         messages = convert_to_messages(value["messages"])
         if isinstance(messages[-1], AIMessage):
-            # LangGraph form: the update replaces the draft in place (same id) under `add_messages`.
-            return _Call(messages[-1], messages[:-1], lambda m: {"messages": [m]})
+            # LangGraph form: the update removes the draft and adds the aligned answer (`add_messages`).
+            draft = messages[-1]
+            return _Call(draft, messages[:-1], partial(_graph_update, draft), graph=True)
     msg = (
         "DiffPOAlign takes an AIMessage, a string, {'messages': [...], 'draft': ...}, or "
         f"{{'messages': [..., AIMessage]}}; got {type(value).__name__}"
@@ -123,9 +153,14 @@ class DiffPOAlign(AlignerSettings, RunnableSerializable[Any, Any]):
     """Align a chat model's answer with DiffPO, as one step of a LangChain chain.
 
     The step finds the conversation that produced the draft by itself (prompt capture from the
-    run tree), so ``prompt | llm | DiffPOAlign()`` needs nothing else. Tool-calling messages pass
-    through unaligned. The aligned ``AIMessage`` keeps the draft's id, tool calls, usage and
+    run tree), so ``prompt | llm | DiffPOAlign()`` needs nothing else; it raises
+    ``ConversationNotFoundError`` rather than guess between several models. Tool-calling messages
+    pass through unaligned. The aligned ``AIMessage`` keeps the draft's id, tool calls, usage and
     response metadata, and adds ``response_metadata["diffpo"]`` (``AlignResult.metadata()``).
+    As a LangGraph node (input ``{"messages": [..., AIMessage]}``) it returns an update only: the
+    draft removed and the aligned message added under the id ``<draft id>-aligned`` (so the
+    ``messages`` stream mode shows it, token by token), or ``{}`` for a tool-calling turn or an
+    answer aligned already. The aligner call runs as a child model run ``DiffPOAligner``.
 
     Setup:
         .. code-block:: bash
@@ -210,17 +245,20 @@ class DiffPOAlign(AlignerSettings, RunnableSerializable[Any, Any]):
 
     def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
         call = _read(value)
-        if has_tool_calls(call.draft):
-            return value
+        if call.skip():
+            return {} if call.graph else value
         resolve = self._resolver(call.conversation, run_manager.run_id)
-        return call.render(self.alignment.align(resolve, call.draft, sync_notifier(run_manager)))
+        traced = TracedAligner(self.alignment.aligner, manager=run_manager.get_child(), message_id=call.message_id)
+        return call.render(self.alignment.align(resolve, call.draft, sync_notifier(run_manager), aligner=traced))
 
     async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
         call = _read(value)
-        if has_tool_calls(call.draft):
-            return value
+        if call.skip():
+            return {} if call.graph else value
         resolve = self._resolver(call.conversation, run_manager.run_id)
-        return call.render(await self.alignment.aalign(resolve, call.draft, async_notifier(run_manager)))
+        traced = TracedAligner(self.alignment.aligner, amanager=run_manager.get_child(), message_id=call.message_id)
+        aligned = await self.alignment.aalign(resolve, call.draft, async_notifier(run_manager), aligner=traced)
+        return call.render(aligned)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Align one draft (see the class docstring for the input forms)."""
@@ -257,7 +295,9 @@ class DiffPOAlign(AlignerSettings, RunnableSerializable[Any, Any]):
                 upstream.stop()
 
         resolve = self._resolver(None, run_manager.run_id)
-        for chunk in self.alignment.stream(resolve, drafts(), sync_notifier(run_manager)):
+        # The step's own output stream carries the aligned chunks: the aligner's run stays quiet.
+        traced = TracedAligner(self.alignment.aligner, manager=run_manager.get_child(), hidden=True)
+        for chunk in self.alignment.stream(resolve, drafts(), sync_notifier(run_manager), aligner=traced):
             if not as_text:
                 yield chunk
             elif chunk.text:
@@ -288,7 +328,8 @@ class DiffPOAlign(AlignerSettings, RunnableSerializable[Any, Any]):
                 await upstream.stop()
 
         resolve = self._resolver(None, run_manager.run_id)
-        async for chunk in self.alignment.astream(resolve, drafts(), async_notifier(run_manager)):
+        traced = TracedAligner(self.alignment.aligner, amanager=run_manager.get_child(), hidden=True)
+        async for chunk in self.alignment.astream(resolve, drafts(), async_notifier(run_manager), aligner=traced):
             if not as_text:
                 yield chunk
             elif chunk.text:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -13,25 +16,42 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
+from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, ensure_config
+from langchain_core.runnables.config import get_callback_manager_for_config
 from langchain_core.tools import BaseTool
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.langchain._engine import AlignerSettings, async_notifier, sync_notifier
+from diffpo_integrations.langchain._runs import (
+    DRAFT_TAG,
+    NOSTREAM_TAG,
+    TracedAligner,
+    achild_manager,
+    child_manager,
+    inherit,
+)
 
 __all__ = ["ChatDiffPO"]
 
+_Msg = TypeVar("_Msg", bound=AIMessage)
+"""An AI message or chunk."""
+_Manager = TypeVar("_Manager", CallbackManager, AsyncCallbackManager)
+
 
 def _child_config(run_manager: CallbackManagerForLLMRun | None) -> RunnableConfig:
-    """Config that runs the wrapped model as a child of this model's run (one trace, nested)."""
+    """Config that runs the wrapped model as a child of this model's run (one trace, nested).
+
+    The child is tagged ``nostream`` (LangGraph's ``messages`` mode then shows only this model's
+    aligned tokens, not the draft's) and ``diffpo:draft`` (``astream_events`` tells them apart).
+    """
     if run_manager is None:
         return {}
-    manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
+    manager = child_manager(run_manager)
+    manager.add_tags([NOSTREAM_TAG, DRAFT_TAG], inherit=False)
     return {"callbacks": manager}
 
 
@@ -39,11 +59,41 @@ def _achild_config(run_manager: AsyncCallbackManagerForLLMRun | None) -> Runnabl
     """Async :func:`_child_config`."""
     if run_manager is None:
         return {}
-    manager = AsyncCallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
+    manager = achild_manager(run_manager)
+    manager.add_tags([NOSTREAM_TAG, DRAFT_TAG], inherit=False)
     return {"callbacks": manager}
+
+
+_stream_children: ContextVar[tuple[CallbackManager, AsyncCallbackManager] | None] = ContextVar(
+    "diffpo_stream_children", default=None
+)
+"""The children managers of the ``stream``/``astream`` run in progress (langchain-core gives ``_stream``
+no run manager): :meth:`ChatDiffPO.stream` picks the run id, so it knows the parent of the children."""
+
+
+def _children(config: RunnableConfig, run_id: UUID) -> tuple[CallbackManager, AsyncCallbackManager]:
+    parent = get_callback_manager_for_config(config)
+    return (
+        inherit(CallbackManager(handlers=[], parent_run_id=run_id), parent),
+        inherit(AsyncCallbackManager(handlers=[], parent_run_id=run_id), parent),
+    )
+
+
+def _tagged(manager: _Manager) -> RunnableConfig:
+    manager = manager.copy()
+    manager.add_tags([NOSTREAM_TAG, DRAFT_TAG], inherit=False)
+    return {"callbacks": manager}
+
+
+def _result(chunks: list[AIMessageChunk]) -> ChatResult:
+    message = message_chunk_to_message(add_ai_message_chunks(*chunks)) if chunks else AIMessage(content="")
+    return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _without_usage(message: _Msg) -> _Msg:
+    # The wrapped model's run reports its tokens and the aligner's run its own: reporting them
+    # again on this run would count them twice in a trace.
+    return message.model_copy(update={"usage_metadata": None}) if message.usage_metadata else message
 
 
 class ChatDiffPO(AlignerSettings, BaseChatModel):
@@ -51,9 +101,15 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
 
     The aligner sees exactly the messages sent to the model (system, human and AI turns, earlier
     AI answers as the base model gave them, as the official MT-bench inference does). Answers with
-    tool calls, and ``with_structured_output``, pass through unaligned. Usage and response
-    metadata of the wrapped model are kept; DiffPO's are added under ``response_metadata["diffpo"]``.
+    tool calls, and ``with_structured_output``, pass through unaligned. Response metadata of the
+    wrapped model is kept; DiffPO's is added under ``response_metadata["diffpo"]``.
     ``_llm_type``, ``_identifying_params`` and the LangSmith params are the wrapped model's.
+
+    The wrapped model and the aligner run as child runs of this one: the wrapped model's tagged
+    ``nostream`` and ``diffpo:draft`` (LangGraph's ``messages`` mode shows only the aligned
+    tokens, and tool-call chunks once), the aligner's as a model call ``DiffPOAligner``. Each
+    reports its own tokens, so this model's message carries no ``usage_metadata``: a trace
+    counts each token once (``get_usage_metadata_callback()`` gives the totals per model).
 
     Setup:
         .. code-block:: bash
@@ -138,7 +194,32 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
     def _conversation(self, messages: list[BaseMessage]) -> Callable[[AIMessage], Sequence[BaseMessage]]:
         return lambda _draft: messages
 
+    def _traced(self, run_manager: CallbackManagerForLLMRun | None) -> TracedAligner | None:
+        if run_manager is None:
+            return None
+        return TracedAligner(self.alignment.aligner, manager=child_manager(run_manager), hidden=True)
+
+    def _atraced(self, run_manager: AsyncCallbackManagerForLLMRun | None) -> TracedAligner | None:
+        if run_manager is None:
+            return None
+        return TracedAligner(self.alignment.aligner, amanager=achild_manager(run_manager), hidden=True)
+
     # -- generation -----------------------------------------------------------------------------
+    #
+    # langchain-core hands ``_stream`` no run manager, so a streamed call cannot nest its children
+    # under this model's run. ``invoke`` therefore always goes through ``_generate`` (which gets
+    # it) and streams there, reporting the aligned tokens itself, when a streaming handler
+    # listens (LangGraph's ``messages`` mode, ``astream_events``) or ``streaming`` is set.
+
+    def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
+        # Asked with a run manager only by invoke's routing; stream/astream ask without one.
+        return run_manager is None and super()._should_stream(async_api=async_api, **kwargs)
+
+    def _wants_tokens(self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> bool:
+        if self.streaming:
+            return True
+        handlers = run_manager.handlers if run_manager is not None else []
+        return any(isinstance(h, _StreamingCallbackHandler) for h in handlers)
 
     def _generate(
         self,
@@ -147,9 +228,21 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        draft = self.llm.invoke(messages, _child_config(run_manager), stop=self._stop(stop), **kwargs)
-        message = self.alignment.align(self._conversation(messages), draft, sync_notifier(run_manager))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        config = _child_config(run_manager)
+        traced = self._traced(run_manager)
+        convo = self._conversation(messages)
+        notify = sync_notifier(run_manager)
+        if self._wants_tokens(run_manager):
+            chunks: list[AIMessageChunk] = []
+            drafts = self.llm.stream(messages, config, stop=self._stop(stop), **kwargs)
+            for chunk in self.alignment.stream(convo, drafts, notify, aligner=traced):
+                chunks.append(_without_usage(chunk))
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunks[-1]))
+            return _result(chunks)
+        draft = self.llm.invoke(messages, config, stop=self._stop(stop), **kwargs)
+        message = self.alignment.align(convo, draft, notify, aligner=traced)
+        return ChatResult(generations=[ChatGeneration(message=_without_usage(message))])
 
     async def _agenerate(
         self,
@@ -158,9 +251,21 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        draft = await self.llm.ainvoke(messages, _achild_config(run_manager), stop=self._stop(stop), **kwargs)
-        message = await self.alignment.aalign(self._conversation(messages), draft, async_notifier(run_manager))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        config = _achild_config(run_manager)
+        traced = self._atraced(run_manager)
+        convo = self._conversation(messages)
+        notify = async_notifier(run_manager)
+        if self._wants_tokens(run_manager):
+            chunks: list[AIMessageChunk] = []
+            drafts = self.llm.astream(messages, config, stop=self._stop(stop), **kwargs)
+            async for chunk in self.alignment.astream(convo, drafts, notify, aligner=traced):
+                chunks.append(_without_usage(chunk))
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunks[-1]))
+            return _result(chunks)
+        draft = await self.llm.ainvoke(messages, config, stop=self._stop(stop), **kwargs)
+        message = await self.alignment.aalign(convo, draft, notify, aligner=traced)
+        return ChatResult(generations=[ChatGeneration(message=_without_usage(message))])
 
     def _stream(
         self,
@@ -169,9 +274,15 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        drafts = self.llm.stream(messages, _child_config(run_manager), stop=self._stop(stop), **kwargs)
-        for chunk in self.alignment.stream(self._conversation(messages), drafts, sync_notifier(run_manager)):
-            yield ChatGenerationChunk(message=chunk)
+        children = _stream_children.get()
+        config = _child_config(run_manager) if run_manager or not children else _tagged(children[0])
+        traced = self._traced(run_manager) or (
+            TracedAligner(self.alignment.aligner, manager=children[0], hidden=True) if children else None
+        )
+        drafts = self.llm.stream(messages, config, stop=self._stop(stop), **kwargs)
+        convo = self._conversation(messages)
+        for chunk in self.alignment.stream(convo, drafts, sync_notifier(run_manager), aligner=traced):
+            yield ChatGenerationChunk(message=_without_usage(chunk))
 
     async def _astream(
         self,
@@ -180,9 +291,52 @@ class ChatDiffPO(AlignerSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        drafts = self.llm.astream(messages, _achild_config(run_manager), stop=self._stop(stop), **kwargs)
-        async for chunk in self.alignment.astream(self._conversation(messages), drafts, async_notifier(run_manager)):
-            yield ChatGenerationChunk(message=chunk)
+        children = _stream_children.get()
+        config = _achild_config(run_manager) if run_manager or not children else _tagged(children[1])
+        traced = self._atraced(run_manager) or (
+            TracedAligner(self.alignment.aligner, amanager=children[1], hidden=True) if children else None
+        )
+        drafts = self.llm.astream(messages, config, stop=self._stop(stop), **kwargs)
+        convo = self._conversation(messages)
+        async for chunk in self.alignment.astream(convo, drafts, async_notifier(run_manager), aligner=traced):
+            yield ChatGenerationChunk(message=_without_usage(chunk))
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """Stream the aligned answer; the wrapped model and the aligner run as children of this run."""
+        config = ensure_config(config)
+        run_id = config.get("run_id") or uuid4()
+        token = _stream_children.set(_children(config, run_id))
+        try:
+            yield from super().stream(input, {**config, "run_id": run_id}, stop=stop, **kwargs)
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context: nothing to restore there
+                _stream_children.reset(token)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Async :meth:`stream`."""
+        config = ensure_config(config)
+        run_id = config.get("run_id") or uuid4()
+        token = _stream_children.set(_children(config, run_id))
+        try:
+            async for chunk in super().astream(input, {**config, "run_id": run_id}, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            with contextlib.suppress(ValueError):
+                _stream_children.reset(token)
 
     # -- delegation -----------------------------------------------------------------------------
 

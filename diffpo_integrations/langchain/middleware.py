@@ -9,11 +9,19 @@ from typing import Any
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables.config import (
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+    set_config_context,
+)
+from langchain_core.runnables.utils import coro_with_context
 
 from diffpo_integrations.core.aligner import Aligner
 from diffpo_integrations.core.types import AlignResult, FailPolicy
 from diffpo_integrations.langchain._convert import has_tool_calls
 from diffpo_integrations.langchain._engine import FAIL_OPEN_EVENT, AlignerSettings, Alignment
+from diffpo_integrations.langchain._runs import DRAFT_TAG, NOSTREAM_TAG, TracedAligner
 
 __all__ = ["DiffPOMiddleware"]
 
@@ -40,6 +48,15 @@ def _final_answer(response: ModelResponse[Any]) -> tuple[int, AIMessage] | None:
     return None
 
 
+def _hidden(config: RunnableConfig) -> RunnableConfig:
+    """The model node's config, with the model's own tokens left out of LangGraph's ``messages`` stream.
+
+    A final answer streams as the aligner's tokens instead; a tool-calling turn reaches the stream
+    once, as the node's output message. ``diffpo:draft`` marks the tokens in ``astream_events``.
+    """
+    return {**config, "tags": [*config.get("tags", []), NOSTREAM_TAG, DRAFT_TAG]}
+
+
 def _replace(response: ModelResponse[Any], index: int, aligned: AIMessage) -> ModelResponse[Any]:
     result = [*response.result[:index], aligned, *response.result[index + 1 :]]
     return ModelResponse(result=result, structured_response=response.structured_response)
@@ -50,8 +67,10 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
 
     It wraps each model call (``wrap_model_call`` / ``awrap_model_call``): a response without tool
     calls or structured output is the final answer, and is aligned against the conversation the
-    model saw (system prompt, user turns, earlier answers, and tool results folded into the user
-    turn they answer).
+    model saw (system prompt, user turns, earlier answers, and tool calls with their results
+    folded into the user turn they serve). The model call is tagged ``nostream``: in LangGraph's
+    ``messages`` mode the final answer streams as the aligner's tokens (a ``DiffPOAligner`` model
+    run), a tool-calling turn once as the node's message.
 
     Setup:
         .. code-block:: bash
@@ -81,8 +100,8 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
     Stream:
         .. code-block:: python
 
-            for update in agent.stream({"messages": [("user", "Weather in Paris?")]}, stream_mode="updates"):
-                print(update)   # the model node's update holds the aligned answer
+            for message, meta in agent.stream({"messages": [("user", "Weather in Paris?")]}, stream_mode="messages"):
+                print(message.text, end="")   # the aligned answer's tokens; the draft's are hidden
 
     Async:
         .. code-block:: python
@@ -119,13 +138,18 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any]:
-        """Call the model, then align its answer if it is a final answer."""
-        response = handler(request)
+        """Call the model (its tokens hidden from LangGraph's stream), then align a final answer."""
+        config = ensure_config()
+        with set_config_context(_hidden(config)) as context:
+            response = context.run(handler, request)
         found = _final_answer(response)
         if found is None:
             return response
         index, draft = found
-        aligned = self.alignment.align(self._conversation(request), draft, _notify)
+        traced = TracedAligner(
+            self.alignment.aligner, manager=get_callback_manager_for_config(config), message_id=draft.id
+        )
+        aligned = self.alignment.align(self._conversation(request), draft, _notify, aligner=traced)
         return _replace(response, index, aligned)
 
     async def awrap_model_call(
@@ -134,10 +158,15 @@ class DiffPOMiddleware(AgentMiddleware[Any, Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any]:
         """Async :meth:`wrap_model_call`."""
-        response = await handler(request)
+        config = ensure_config()
+        with set_config_context(_hidden(config)) as context:
+            response = await coro_with_context(handler(request), context)
         found = _final_answer(response)
         if found is None:
             return response
         index, draft = found
-        aligned = await self.alignment.aalign(self._conversation(request), draft, _anotify)
+        traced = TracedAligner(
+            self.alignment.aligner, amanager=get_async_callback_manager_for_config(config), message_id=draft.id
+        )
+        aligned = await self.alignment.aalign(self._conversation(request), draft, _anotify, aligner=traced)
         return _replace(response, index, aligned)

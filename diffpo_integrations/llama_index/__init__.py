@@ -7,6 +7,7 @@ and reports each alignment to LlamaIndex's instrumentation dispatcher. See ``doc
 """
 
 from diffpo_integrations.llama_index._convert import DEFAULT_CONTEXT_TEMPLATE
+from diffpo_integrations.llama_index._scope import AlignScope
 from diffpo_integrations.llama_index.chat_engine import DiffPOChatEngine
 from diffpo_integrations.llama_index.events import DiffPOAlignEndEvent, DiffPOAlignStartEvent, DiffPOFailOpenWarning
 from diffpo_integrations.llama_index.llm import DiffPOFunctionCallingLLM, DiffPOLLM
@@ -16,14 +17,19 @@ from diffpo_integrations.llama_index.synthesizer import DiffPOSynthesizer
 from diffpo_integrations.llama_index.workflow import (
     AlignedAnswerDeltaEvent,
     AlignedAnswerEvent,
+    AlignedDraftEvent,
+    DiffPOAlignAndContinue,
     DiffPOAlignStep,
     DraftAnswerEvent,
 )
 
 __all__ = [
     "DEFAULT_CONTEXT_TEMPLATE",
+    "AlignScope",
     "AlignedAnswerDeltaEvent",
     "AlignedAnswerEvent",
+    "AlignedDraftEvent",
+    "DiffPOAlignAndContinue",
     "DiffPOAlignEndEvent",
     "DiffPOAlignStartEvent",
     "DiffPOAlignStep",

@@ -21,7 +21,7 @@ from llama_index_instrumentation import get_dispatcher
 from llama_index_instrumentation.dispatcher import active_instrument_tags
 from llama_index_instrumentation.span import active_span_id
 
-from diffpo_integrations.core.aligner import Aligner
+from diffpo_integrations.core.aligner import Aligner, check_aligner
 from diffpo_integrations.core.errors import AlignerError, ConfigurationError, InputError
 from diffpo_integrations.core.types import AlignChunk, AlignResult, FailPolicy, Message
 from diffpo_integrations.llama_index.events import DiffPOAlignEndEvent, DiffPOAlignStartEvent, DiffPOFailOpenWarning
@@ -75,9 +75,7 @@ class DiffPOAlignment:
         if fail_policy not in get_args(FailPolicy):
             msg = f"fail_policy must be 'open' or 'closed', got {fail_policy!r}"
             raise ConfigurationError(msg)
-        if aligner is not None and not isinstance(aligner, Aligner):
-            msg = f"aligner must implement align/aalign/stream/astream, got {type(aligner).__name__}"
-            raise ConfigurationError(msg)
+        aligner = check_aligner(aligner)
         self.aligner: Aligner = aligner if aligner is not None else default_aligner()
         self.fail_policy: FailPolicy = fail_policy
         self.align_options: dict[str, Any] = dict(align_options or {})

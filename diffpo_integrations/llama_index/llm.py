@@ -23,28 +23,46 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import TokenAsyncGen, TokenGen
 from pydantic import BaseModel
 
 from diffpo_integrations.core.aligner import Aligner
+from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.core.types import AlignChunk, AlignResult, FailPolicy, Message
 from diffpo_integrations.llama_index._align import DiffPOAlignment, current_span_id
 from diffpo_integrations.llama_index._convert import conversation_from_chat, has_tool_calls, text_of
+from diffpo_integrations.llama_index._scope import (
+    AlignScope,
+    CallKind,
+    call_kind,
+    internal_prompt,
+    passing,
+    react_answer,
+)
 
 __all__ = ["DiffPOFunctionCallingLLM", "DiffPOLLM"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class DiffPOLLM(LLM):
-    """Wrap any LlamaIndex LLM; align every text answer of ``chat`` and ``complete`` with DiffPO.
+class DiffPOLLM(FunctionCallingLLM):
+    """Wrap any LlamaIndex LLM; align the answers a user reads with DiffPO.
 
-    Sync, async and streaming forms are all aligned. ``metadata`` is the inner LLM's, so
-    ``DiffPOLLM`` goes wherever the inner one went: ``Settings.llm``, query engines, chat engines,
-    agents. When the inner LLM is a ``FunctionCallingLLM``, ``DiffPOLLM(...)`` builds a
-    :class:`DiffPOFunctionCallingLLM` (also a ``FunctionCallingLLM``). Responses that call tools
-    pass through untouched, and so do structured predictions (``structured_predict`` and its
-    forms go to the inner LLM: aligning JSON would break it). DiffPO's result is added under
+    Sync, async and streaming forms of ``chat`` and ``complete`` are aligned. ``metadata`` is the
+    inner LLM's, so ``DiffPOLLM`` goes wherever the inner one went: ``Settings.llm``, query
+    engines, chat engines, agents. It is a ``FunctionCallingLLM``: tools are prepared and parsed by
+    the inner LLM (which must be one to call tools). DiffPO's result is added under
     ``additional_kwargs["diffpo"]`` (streams: on the last chunk).
+
+    What is aligned (``align_scope="answers"``, the default): final answers of query engines,
+    chat engines and agents. What passes through unaligned: responses that call tools;
+    structured output (``structured_predict`` and its forms, Pydantic programs, prompts with an
+    output parser); internal calls (router selectors, sub-question generation, condensing a
+    follow-up question, keyword and metadata extraction, rerankers, tools an agent calls, told
+    apart by ``PromptType`` and the call path); a ReAct agent's reasoning steps (of its last step
+    only the text after ``Answer:`` is aligned). ``align_scope="all"`` aligns every text answer.
+    The conversation the aligner sees includes tool calls and results
+    (:func:`~diffpo_integrations.core.build_conversation`).
 
     Streams read the whole draft before the first aligned piece: the aligner conditions on it.
     For the aligner's conversation, earlier assistant turns that this wrapper aligned are mapped
@@ -61,6 +79,7 @@ class DiffPOLLM(LLM):
         aligner: any :class:`~diffpo_integrations.core.Aligner` (default: ``TGIAligner()``).
         fail_policy: ``"closed"`` (raise the typed error) or ``"open"`` (return the draft, flagged).
         align_options: options for every aligner call, e.g. ``{"max_new_tokens": 128}``.
+        align_scope: ``"answers"`` (default: internal calls pass through) or ``"all"``.
 
     Instantiate:
         .. code-block:: python
@@ -95,14 +114,12 @@ class DiffPOLLM(LLM):
     llm: SerializeAsAny[LLM] = Field(description="The wrapped LLM, which writes the drafts.")
     fail_policy: FailPolicy = Field(default="closed", description="'closed' raises; 'open' returns the draft flagged.")
     align_options: dict[str, Any] = Field(default_factory=dict, description="Options for every aligner call.")
+    align_scope: AlignScope = Field(
+        default="answers",
+        description="'answers' aligns only what the user reads (internal calls pass through); 'all' aligns every answer.",
+    )
 
     _alignment: DiffPOAlignment = PrivateAttr()
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> DiffPOLLM:
-        # A FunctionCallingLLM inside must stay one outside, or agents refuse the wrapper.
-        inner = kwargs.get("llm", args[0] if args else None)
-        target = DiffPOFunctionCallingLLM if cls is DiffPOLLM and isinstance(inner, FunctionCallingLLM) else cls
-        return super().__new__(target)
 
     def __init__(
         self,
@@ -111,6 +128,7 @@ class DiffPOLLM(LLM):
         *,
         fail_policy: FailPolicy = "closed",
         align_options: Mapping[str, Any] | None = None,
+        align_scope: AlignScope = "answers",
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
@@ -120,7 +138,12 @@ class DiffPOLLM(LLM):
             kwargs.setdefault(name, getattr(llm, name))
         kwargs.setdefault("pydantic_program_mode", llm.pydantic_program_mode)
         kwargs.setdefault("query_wrapper_prompt", llm.query_wrapper_prompt)
-        fields: dict[str, Any] = {"llm": llm, "fail_policy": fail_policy, "align_options": dict(align_options or {})}
+        fields: dict[str, Any] = {
+            "llm": llm,
+            "fail_policy": fail_policy,
+            "align_options": dict(align_options or {}),
+            "align_scope": align_scope,
+        }
         super().__init__(callback_manager=callback_manager or llm.callback_manager, **fields, **kwargs)
         self._alignment = DiffPOAlignment(aligner, fail_policy=fail_policy, align_options=align_options)
 
@@ -138,30 +161,45 @@ class DiffPOLLM(LLM):
         """The inner LLM's metadata (context window, chat or completion, function calling)."""
         return self.llm.metadata
 
+    # -- which calls are aligned -------------------------------------------------------------
+
+    def _kind(self) -> CallKind:
+        return "answer" if self.align_scope == "all" else call_kind(self)
+
+    def _react_convo(self, messages: Sequence[ChatMessage]) -> list[Message]:
+        return conversation_from_chat(messages, original=self._alignment.original_draft, react=True)
+
     # -- chat ---------------------------------------------------------------------------------
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        convo = self._conversation(messages)
+        kind = self._kind()
         response = self.llm.chat(messages, **kwargs)
-        if has_tool_calls(response.message):
+        if kind == "internal" or has_tool_calls(response.message):
             return response
-        result = self._alignment.align(convo, text_of(response.message), "DiffPOLLM.chat")
-        return _aligned_chat(response, result)
+        text = text_of(response.message)
+        head, draft, convo = self._split(kind, messages, text)
+        if convo is None:
+            return response
+        return _aligned_chat(response, self._alignment.align(convo, draft, "DiffPOLLM.chat"), head)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        convo = self._conversation(messages)
+        kind = self._kind()
         response = await self.llm.achat(messages, **kwargs)
-        if has_tool_calls(response.message):
+        if kind == "internal" or has_tool_calls(response.message):
             return response
-        result = await self._alignment.aalign(convo, text_of(response.message), "DiffPOLLM.achat")
-        return _aligned_chat(response, result)
+        head, draft, convo = self._split(kind, messages, text_of(response.message))
+        if convo is None:
+            return response
+        return _aligned_chat(response, await self._alignment.aalign(convo, draft, "DiffPOLLM.achat"), head)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        convo = self._conversation(messages)
+        kind = self._kind()
         inner = self.llm.stream_chat(messages, **kwargs)
+        if kind == "internal":
+            return inner
         span = current_span_id()
 
         def gen() -> ChatResponseGen:
@@ -169,47 +207,74 @@ class DiffPOLLM(LLM):
             if any(has_tool_calls(c.message) for c in chunks):
                 yield from chunks
                 return
-            yield from _chat_chunks(
-                self._alignment.stream(convo, _chat_draft(chunks), "DiffPOLLM.stream_chat", span), chunks
-            )
+            head, draft, convo = self._split(kind, messages, _chat_draft(chunks))
+            if convo is None:
+                yield from chunks
+                return
+            pieces = self._alignment.stream(convo, draft, "DiffPOLLM.stream_chat", span)
+            yield from _chat_chunks(pieces, chunks, head)
 
         return gen()
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        convo = self._conversation(messages)
+        kind = self._kind()
         inner = await self.llm.astream_chat(messages, **kwargs)
+        if kind == "internal":
+            return inner
         span = current_span_id()
 
         async def gen() -> ChatResponseAsyncGen:
             chunks = [c async for c in inner]
-            if any(has_tool_calls(c.message) for c in chunks):
+            head, draft, convo = self._split(kind, messages, _chat_draft(chunks))
+            if convo is None or any(has_tool_calls(c.message) for c in chunks):
                 for c in chunks:
                     yield c
                 return
-            pieces = self._alignment.astream(convo, _chat_draft(chunks), "DiffPOLLM.astream_chat", span)
-            async for out in _achat_chunks(pieces, chunks):
+            pieces = self._alignment.astream(convo, draft, "DiffPOLLM.astream_chat", span)
+            async for out in _achat_chunks(pieces, chunks, head):
                 yield out
 
         return gen()
+
+    def _split(
+        self, kind: CallKind, messages: Sequence[ChatMessage], text: str
+    ) -> tuple[str, str, list[Message] | None]:
+        """The part before the answer, the answer to align, and the conversation (``None``: pass through)."""
+        if kind != "react":
+            return "", text, self._conversation(messages)
+        found = react_answer(text)
+        if found is None:
+            return "", text, None
+        head, answer = found
+        return head, answer, self._react_convo(messages)
 
     # -- completion ---------------------------------------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        kind = self._kind()
         response = self.llm.complete(prompt, formatted=formatted, **kwargs)
+        if kind != "answer":
+            return response
         result = self._alignment.align(_prompt_conversation(prompt), response.text, "DiffPOLLM.complete")
         return _aligned_completion(response, result)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        kind = self._kind()
         response = await self.llm.acomplete(prompt, formatted=formatted, **kwargs)
+        if kind != "answer":
+            return response
         result = await self._alignment.aalign(_prompt_conversation(prompt), response.text, "DiffPOLLM.acomplete")
         return _aligned_completion(response, result)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        kind = self._kind()
         inner = self.llm.stream_complete(prompt, formatted=formatted, **kwargs)
+        if kind != "answer":
+            return inner
         span = current_span_id()
 
         def gen() -> CompletionResponseGen:
@@ -222,7 +287,10 @@ class DiffPOLLM(LLM):
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        kind = self._kind()
         inner = await self.llm.astream_complete(prompt, formatted=formatted, **kwargs)
+        if kind != "answer":
+            return inner
         span = current_span_id()
 
         async def gen() -> CompletionResponseAsyncGen:
@@ -235,6 +303,24 @@ class DiffPOLLM(LLM):
                     yield _completion_piece(chunk, text)
 
         return gen()
+
+    # -- prompts: internal prompt types pass through ------------------------------------------
+
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        with passing(internal_prompt(prompt)):
+            return super().predict(prompt, **prompt_args)
+
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        with passing(internal_prompt(prompt)):
+            return await super().apredict(prompt, **prompt_args)
+
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        with passing(internal_prompt(prompt)):
+            return super().stream(prompt, **prompt_args)
+
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        with passing(internal_prompt(prompt)):
+            return await super().astream(prompt, **prompt_args)
 
     # -- structured output: the inner LLM's, unaligned ----------------------------------------
 
@@ -263,21 +349,18 @@ class DiffPOLLM(LLM):
     def _conversation(self, messages: Sequence[ChatMessage]) -> list[Message]:
         return conversation_from_chat(messages, original=self._alignment.original_draft)
 
-
-class DiffPOFunctionCallingLLM(DiffPOLLM, FunctionCallingLLM):
-    """:class:`DiffPOLLM` over a ``FunctionCallingLLM``: tools are prepared and parsed by the inner LLM.
-
-    ``chat_with_tools`` and its forms run through the aligned ``chat``: answers that call tools
-    pass through untouched, final text answers are aligned. Build it with ``DiffPOLLM(llm=...)``.
-    """
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "DiffPOFunctionCallingLLM"
+    # -- tools: prepared and parsed by the inner LLM ------------------------------------------
+    # ``chat_with_tools`` and its forms run through the aligned ``chat``: answers that call tools
+    # pass through untouched, final text answers are aligned.
 
     @property
     def _tool_llm(self) -> FunctionCallingLLM:
-        assert isinstance(self.llm, FunctionCallingLLM)
+        if not isinstance(self.llm, FunctionCallingLLM):
+            msg = (
+                f"the wrapped {type(self.llm).__name__} is not a FunctionCallingLLM, so it cannot call tools; "
+                "wrap a function-calling LLM, or use an agent that does not need one (ReActAgent)"
+            )
+            raise ConfigurationError(msg)
         return self.llm
 
     def _prepare_chat_with_tools(
@@ -322,6 +405,10 @@ def _prompt_conversation(prompt: str) -> list[Message]:
     return [Message(role="user", content=prompt)]
 
 
+DiffPOFunctionCallingLLM = DiffPOLLM
+"""The former name of :class:`DiffPOLLM` around a function-calling LLM: one class serves both now."""
+
+
 def _with_text(message: ChatMessage, text: str) -> ChatMessage:
     # Non-text blocks (thinking, citations) are kept; the text blocks become the aligned text.
     blocks = [b for b in message.blocks if not isinstance(b, TextBlock)]
@@ -332,9 +419,9 @@ def _with_text(message: ChatMessage, text: str) -> ChatMessage:
     )
 
 
-def _aligned_chat(response: ChatResponse, result: AlignResult) -> ChatResponse:
+def _aligned_chat(response: ChatResponse, result: AlignResult, head: str = "") -> ChatResponse:
     return ChatResponse(
-        message=_with_text(response.message, result.text),
+        message=_with_text(response.message, head + result.text),
         raw=response.raw,
         additional_kwargs={**response.additional_kwargs, "diffpo": result.metadata()},
     )
@@ -363,18 +450,24 @@ def _chat_piece(chunk: AlignChunk, text: str, template: ChatMessage) -> ChatResp
     return ChatResponse(message=_with_text(template, text), delta=chunk.text, additional_kwargs=extra)
 
 
-def _chat_chunks(pieces: Iterator[AlignChunk], chunks: list[ChatResponse]) -> ChatResponseGen:
+def _chat_chunks(pieces: Iterator[AlignChunk], chunks: list[ChatResponse], head: str = "") -> ChatResponseGen:
     template = chunks[-1].message if chunks else ChatMessage(role=MessageRole.ASSISTANT)
-    text = ""
+    if head:
+        yield ChatResponse(message=_with_text(template, head), delta=head)
+    text = head
     for chunk in pieces:
         text += chunk.text
         if chunk.text or chunk.result is not None:
             yield _chat_piece(chunk, text, template)
 
 
-async def _achat_chunks(pieces: AsyncIterator[AlignChunk], chunks: list[ChatResponse]) -> ChatResponseAsyncGen:
+async def _achat_chunks(
+    pieces: AsyncIterator[AlignChunk], chunks: list[ChatResponse], head: str = ""
+) -> ChatResponseAsyncGen:
     template = chunks[-1].message if chunks else ChatMessage(role=MessageRole.ASSISTANT)
-    text = ""
+    if head:
+        yield ChatResponse(message=_with_text(template, head), delta=head)
+    text = head
     async for chunk in pieces:
         text += chunk.text
         if chunk.text or chunk.result is not None:

@@ -17,6 +17,7 @@ from llama_index.core.chat_engine.types import AgentChatResponse, StreamingAgent
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from diffpo_integrations.core.aligner import Aligner
+from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.core.types import AlignResult, FailPolicy, Message
 from diffpo_integrations.llama_index._align import DiffPOAlignment, current_span_id
 from diffpo_integrations.llama_index._convert import (
@@ -147,6 +148,24 @@ class DiffPOResponsePostprocessor:
             result = await self.alignment.aalign(convo, response.response, caller)
             return cast(_R, _with_text(response, result))
         return self._stream(response, query, caller)
+
+    def postprocess_nodes(self, *args: Any, **kwargs: Any) -> list[NodeWithScore]:
+        """Not a node postprocessor: raises, saying where this class goes.
+
+        Raises:
+            ConfigurationError: always.
+        """
+        msg = (
+            "DiffPOResponsePostprocessor aligns answers, not retrieved nodes, so it cannot go in "
+            "node_postprocessors (they run before any answer exists). Wrap the synthesizer instead: "
+            "as_query_engine(response_synthesizer=DiffPOSynthesizer(get_response_synthesizer(...))), "
+            "wrap the engine: DiffPOQueryEngine(query_engine), or call postprocess(response, query) on its response."
+        )
+        raise ConfigurationError(msg)
+
+    async def apostprocess_nodes(self, *args: Any, **kwargs: Any) -> list[NodeWithScore]:
+        """Async :meth:`postprocess_nodes`: raises likewise."""
+        return self.postprocess_nodes(*args, **kwargs)
 
     def conversation(self, query: QueryOrChat, nodes: Sequence[NodeWithScore] = ()) -> list[Message]:
         """The conversation the aligner sees for ``query`` (with ``nodes`` as context when enabled)."""

@@ -88,8 +88,6 @@ class DiffPOSynthesizer(BaseSynthesizer):
         align_options: Mapping[str, Any] | None = None,
         postprocessor: DiffPOResponsePostprocessor | None = None,
     ) -> None:
-        # BaseSynthesizer.__init__ is not called: it would resolve Settings.llm and build prompt
-        # helpers the wrapper never uses. Everything it would hold is read from the inner synthesizer.
         self._synthesizer = synthesizer
         self.postprocessor = postprocessor or DiffPOResponsePostprocessor(
             aligner,
@@ -98,18 +96,23 @@ class DiffPOSynthesizer(BaseSynthesizer):
             context_template=context_template,
             align_options=align_options,
         )
+        # The base class holds what code that inspects a synthesizer reads (its LLM, prompt helpers,
+        # output class, empty response): the inner synthesizer's, so nothing is resolved anew.
+        super().__init__(
+            llm=synthesizer._llm,
+            callback_manager=synthesizer.callback_manager,
+            prompt_helper=synthesizer._prompt_helper,
+            chat_prompt_helper=getattr(synthesizer, "_chat_prompt_helper", None),
+            streaming=synthesizer._streaming,
+            output_cls=synthesizer._output_cls,
+            empty_response=synthesizer._empty_response,
+            multimodal=getattr(synthesizer, "_multimodal", False),
+        )
 
     @property
     def synthesizer(self) -> BaseSynthesizer:
         """The wrapped synthesizer."""
         return self._synthesizer
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes this class lacks (``_llm``, ``_output_cls``, ``_prompt_helper``,
-        # ...): code that peeks at a synthesizer's internals sees the inner synthesizer's.
-        if name == "_synthesizer":
-            raise AttributeError(name)
-        return getattr(self._synthesizer, name)
 
     # CondenseQuestionChatEngine flips ``_response_synthesizer._streaming`` around its calls, so
     # the flag must reach the synthesizer that actually produces the draft.
@@ -127,6 +130,7 @@ class DiffPOSynthesizer(BaseSynthesizer):
 
     @callback_manager.setter
     def callback_manager(self, callback_manager: CallbackManager) -> None:
+        self._callback_manager = callback_manager
         self._synthesizer.callback_manager = callback_manager
 
     # -- prompts: the inner synthesizer's, under the same keys --------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from llama_index.core.base.llms.types import ChatMessage
 from pydantic import Field
 from workflows import Context, step
 from workflows.events import Event, StopEvent
@@ -27,35 +28,63 @@ from workflows.events import Event, StopEvent
 from diffpo_integrations.core.aligner import Aligner
 from diffpo_integrations.core.types import AlignResult, FailPolicy, Message, coerce_messages
 from diffpo_integrations.llama_index._align import DiffPOAlignment
+from diffpo_integrations.llama_index._convert import conversation_from_chat
 
-__all__ = ["AlignedAnswerDeltaEvent", "AlignedAnswerEvent", "DiffPOAlignStep", "DraftAnswerEvent"]
+__all__ = [
+    "AlignedAnswerDeltaEvent",
+    "AlignedAnswerEvent",
+    "AlignedDraftEvent",
+    "DiffPOAlignAndContinue",
+    "DiffPOAlignStep",
+    "DraftAnswerEvent",
+]
 
 
 class DraftAnswerEvent(Event):
     """The base model's final answer, ready to be aligned.
 
-    Give the conversation as ``messages`` (role/content dicts: earlier user turns with the base
-    model's earlier answers, then the user turn this draft answers), or just the ``query``.
+    Give the conversation as ``messages`` (LlamaIndex ``ChatMessage`` objects, an agent's memory
+    with its tool calls and results included, or role/content dicts: earlier user turns with the
+    base model's earlier answers, then the user turn this draft answers), or just the ``query``.
     """
 
     draft: str
     """The base model's answer."""
     query: str | None = None
     """The user's question, when the conversation is this one turn."""
-    messages: list[dict[str, str]] = Field(default_factory=list)
-    """The whole conversation, ending with the user turn; wins over ``query``."""
+    messages: list[ChatMessage | dict[str, str]] = Field(default_factory=list)
+    """The whole conversation, ending with the user turn (or the tool results it needs); wins over ``query``."""
     extra: dict[str, Any] = Field(default_factory=dict)
-    """Anything to carry to the :class:`AlignedAnswerEvent` (source nodes, ids...)."""
+    """Anything to carry to the aligned event (source nodes, ids...)."""
 
     def conversation(self) -> list[Message]:
-        """The aligner's conversation."""
-        return coerce_messages(self.messages or [("user", self.query or "")])
+        """The aligner's conversation (:func:`~diffpo_integrations.core.build_conversation` for chat messages)."""
+        if not self.messages:
+            return coerce_messages([("user", self.query or "")])
+        chat = [
+            m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"])
+            for m in self.messages
+        ]
+        return conversation_from_chat(chat)
 
 
 class AlignedAnswerDeltaEvent(Event):
     """One piece of the aligned answer, written to the event stream while it is produced."""
 
     delta: str
+
+
+class AlignedDraftEvent(Event):
+    """The aligned answer as an ordinary event, for a later step to post-process (:class:`DiffPOAlignAndContinue`)."""
+
+    text: str
+    """The aligned answer (the draft when a fail-open policy fell back)."""
+    draft: str
+    """The base model's answer."""
+    diffpo: dict[str, Any] = Field(default_factory=dict)
+    """:meth:`AlignResult.metadata`: ``aligned``, ``kept_prefix``, ``error``..."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """The draft event's ``extra``."""
 
 
 class AlignedAnswerEvent(StopEvent):
@@ -139,6 +168,10 @@ class DiffPOAlignStep:
     @step
     async def align_answer(self, ctx: Context, ev: DraftAnswerEvent) -> AlignedAnswerEvent:
         """Align the draft; stream the pieces; stop the run with the aligned answer."""
+        result = await self._align_draft(ctx, ev)
+        return AlignedAnswerEvent(text=result.text, draft=ev.draft, diffpo=result.metadata(), extra=ev.extra)
+
+    async def _align_draft(self, ctx: Context, ev: DraftAnswerEvent) -> AlignResult:
         convo = ev.conversation()
         caller = f"{type(self).__name__}.align_answer"
         result: AlignResult | None = None
@@ -150,4 +183,29 @@ class DiffPOAlignStep:
         else:
             result = await self.alignment.aalign(convo, ev.draft, caller)
         assert result is not None  # DiffPOAlignment.astream always ends with a result or raises
-        return AlignedAnswerEvent(text=result.text, draft=ev.draft, diffpo=result.metadata(), extra=ev.extra)
+        return result
+
+
+class DiffPOAlignAndContinue(DiffPOAlignStep):
+    """:class:`DiffPOAlignStep` whose step emits an :class:`AlignedDraftEvent` instead of stopping the run.
+
+    A later step of the workflow takes the aligned answer (to add citations, store it, route it)
+    and stops the run itself. Arguments as for :class:`DiffPOAlignStep`.
+
+    Usage:
+        .. code-block:: python
+
+            class Flow(DiffPOAlignAndContinue, Workflow):
+                @step
+                async def draft(self, ev: StartEvent) -> DraftAnswerEvent: ...
+
+                @step
+                async def cite(self, ev: AlignedDraftEvent) -> StopEvent:
+                    return StopEvent(result=ev.text + " [1]")
+    """
+
+    @step
+    async def align_answer(self, ctx: Context, ev: DraftAnswerEvent) -> AlignedDraftEvent:  # type: ignore[override]
+        """Align the draft; stream the pieces; hand the aligned answer to the next step."""
+        result = await self._align_draft(ctx, ev)
+        return AlignedDraftEvent(text=result.text, draft=ev.draft, diffpo=result.metadata(), extra=ev.extra)

@@ -2,8 +2,9 @@
 
 Each file's ```python blocks run in order in one namespace per file. The literal placeholder host
 ``http://127.0.0.1:8080`` (where ``diffpo serve`` listens by default) is replaced by the live
-server's URL, and ``$DIFFPO_ALIGNER_URL`` points there too. SmolLM2-135M-Instruct stands in for a
-DiffPO checkpoint.
+server's URL, and ``$DIFFPO_ALIGNER_URL`` points there too. In docs/gateway.md the gateway's
+placeholder ``http://127.0.0.1:8000`` is replaced by a live gateway in front of that server (its
+upstream and its aligner). SmolLM2-135M-Instruct stands in for a DiffPO checkpoint.
 
 A block is left out only when the line before its fence is a marker with a reason, such as
 ``<!-- docs-test: skip (needs a GPU) -->`` or ``<!-- docs-test: skip (needs a real checkpoint) -->``;
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER = "http://127.0.0.1:8080"
+GATEWAY_PLACEHOLDER = "http://127.0.0.1:8000"
 
 EXCLUDED = {
     "langchain.md": "its owner runs it in tests/integration/langchain/test_langchain_examples.py",
@@ -114,7 +116,15 @@ def test_excluded_files_are_named_with_a_reason() -> None:
         assert reason.strip(), name
     covered = {p.name for p in FILES}
     assert "README.md" in covered
-    for name in ("index.md", "quickstart.md", "concepts.md", "serving.md", "configuration.md", "troubleshooting.md"):
+    for name in (
+        "index.md",
+        "quickstart.md",
+        "concepts.md",
+        "serving.md",
+        "gateway.md",
+        "configuration.md",
+        "troubleshooting.md",
+    ):
         assert name in covered, f"docs/{name} is missing"
 
 
@@ -125,8 +135,20 @@ def test_markers_are_well_formed() -> None:
                 assert block.language == "python", f"{block.where}: only python blocks need a skip marker"
 
 
+@pytest.fixture
+def docs_gateway_url(docs_url: str) -> Iterator[str]:
+    from diffpo_integrations.gateway import GatewayConfig, create_gateway_app
+    from diffpo_integrations.server.serve import serve_in_thread
+
+    config = GatewayConfig(upstream=docs_url, aligner_urls=[docs_url])
+    with serve_in_thread(create_gateway_app(config)) as url:
+        yield url
+
+
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(ROOT)) for p in FILES])
-def test_doc_code_runs(path: Path, docs_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doc_code_runs(
+    path: Path, docs_url: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     monkeypatch.setenv("DIFFPO_ALIGNER_URL", docs_url)
     monkeypatch.delenv("DIFFPO_API_KEY", raising=False)
     blocks = [b for b in parse_blocks(path) if b.language in ("python", "py")]
@@ -137,6 +159,8 @@ def test_doc_code_runs(path: Path, docs_url: str, monkeypatch: pytest.MonkeyPatc
             print(f"{block.where}: not run ({block.skip_reason})")
             continue
         code = block.code.replace(PLACEHOLDER, docs_url)
+        if path.name == "gateway.md":
+            code = code.replace(GATEWAY_PLACEHOLDER, request.getfixturevalue("docs_gateway_url"))
         # Top-level ``await`` is not valid in a script a reader copies: blocks use asyncio.run().
         tree = ast.parse(code, filename=block.where)
         exec(compile(tree, block.where, "exec"), namespace)
@@ -186,13 +210,18 @@ def test_configuration_page_names_every_option() -> None:
         for name in inspect.signature(vars(wrapper)["__init__"]).parameters:
             if name not in ("self", "args", "kwargs") and f"`{name}" not in page:
                 missing.append(f"{wrapper.__name__}({name})")
+    from diffpo_integrations.cli import gateway
+    from diffpo_integrations.gateway import GatewayConfig
+
+    missing += [f"GatewayConfig.{name}" for name in GatewayConfig.model_fields if f"`{name}`" not in page]
     commands = argparse.ArgumentParser().add_subparsers()
     serve.register(commands)
-    serve_parser = commands.choices["serve"]
-    for action in serve_parser._actions:
-        missing += [
-            f"diffpo serve {flag}"
-            for flag in action.option_strings
-            if flag.startswith("--") and flag != "--help" and f"`{flag}`" not in page
-        ]
+    gateway.register(commands)
+    for command in ("serve", "gateway"):
+        for action in commands.choices[command]._actions:
+            missing += [
+                f"diffpo {command} {flag}"
+                for flag in action.option_strings
+                if flag.startswith("--") and flag != "--help" and f"`{flag}`" not in page
+            ]
     assert not missing, f"docs/configuration.md does not mention: {', '.join(missing)}"

@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = sorted((ROOT / "examples").glob("langchain_*.py"))
+EXAMPLES = sorted([*(ROOT / "examples").glob("langchain_*.py"), *(ROOT / "examples").glob("langgraph_*.py")])
 
 
 def test_every_example_is_run() -> None:
@@ -21,6 +21,7 @@ def test_every_example_is_run() -> None:
         "langchain_chat_model.py",
         "langchain_langgraph.py",
         "langchain_streaming.py",
+        "langgraph_streaming_agent.py",
     ]
 
 
@@ -36,6 +37,14 @@ def test_example_prints_draft_and_aligned(
     assert re.search(r"aligned[^\n]*: \S", out), out
     if path.stem == "langchain_streaming":
         assert "same answer: True" in out
+    if path.stem == "langgraph_streaming_agent":
+        # The chat UI saw the tool call once and the aligned answer once, never the draft's tokens.
+        assert out.count("tool call: get_weather") == 1
+        assert "draft tokens hidden from the stream: True" in out
+        streamed = out.split("as a chat UI renders it\n", 1)[1].split("\ndraft:", 1)[0]
+        aligned = re.search(r"^aligned: (.*)$", out, flags=re.M)
+        assert aligned is not None
+        assert streamed.rstrip("\n").endswith(aligned.group(1))
 
 
 def test_user_guide_code_runs(live_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGenerationChunk
-from langchain_core.runnables import Runnable
-from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import Field
+from langchain_core.messages import AIMessage, BaseMessage
 
 from diffpo_integrations.core.aligner import BaseAligner
 from diffpo_integrations.core.errors import AlignerError
 from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, Message
+from diffpo_integrations.langchain.testing import ScriptedChatModel
+
+__all__ = [
+    "DRAFT",
+    "ENDPOINT",
+    "SYSTEM",
+    "USAGE",
+    "EchoAligner",
+    "FailingAligner",
+    "ScriptedChatModel",
+    "diffpo_meta",
+    "draft_message",
+    "echo_text",
+    "expected_metadata",
+    "expected_text",
+]
 
 ENDPOINT = "fake://echo"
 DRAFT = "Seven is a prime number because its only divisors are one and itself."
@@ -162,51 +170,3 @@ class FailingAligner(EchoAligner):
             if i == self.after:
                 raise self.error
             yield chunk
-
-
-class ScriptedChatModel(GenericFakeChatModel):
-    """``GenericFakeChatModel`` that also streams tool calls, usage and response metadata.
-
-    Records the messages of each call and counts the draft chunks it has handed out, so tests can
-    tell whether a consumer stopped reading early. ``bind_tools`` binds like API models do.
-    """
-
-    calls: list[list[BaseMessage]] = Field(default_factory=list)
-    served: int = 0
-    failures: int = 0
-    """Calls that raise ``ValueError`` before the model answers normally."""
-
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
-        self.calls.append(list(messages))
-        if self.failures > 0:
-            self.failures -= 1
-            msg = "base model down"
-            raise ValueError(msg)
-        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
-
-    def _stream(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
-    ) -> Iterator[ChatGenerationChunk]:
-        message = self._generate(messages, stop=stop, **kwargs).generations[0].message
-        assert isinstance(message, AIMessage)
-        for token in re.split(r"(\s)", message.text):
-            if token:
-                self.served += 1
-                yield ChatGenerationChunk(message=AIMessageChunk(content=token, id=message.id))
-        calls = [
-            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
-            for i, c in enumerate(message.tool_calls)
-        ]
-        if calls:
-            yield ChatGenerationChunk(message=AIMessageChunk(content="", id=message.id, tool_call_chunks=calls))
-        last = AIMessageChunk(
-            content="",
-            id=message.id,
-            usage_metadata=message.usage_metadata,
-            response_metadata=message.response_metadata,
-            chunk_position="last",
-        )
-        yield ChatGenerationChunk(message=last)
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[Any, AIMessage]:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)

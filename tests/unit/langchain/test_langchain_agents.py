@@ -34,7 +34,9 @@ def agent_llm() -> ScriptedChatModel:
 # The aligner sees the tool result folded into the user turn it answers.
 AGENT_CONVERSATION = [
     Message(role="system", content=SYSTEM),
-    Message(role="user", content="Weather in Paris?\n\nTool result (get_weather): Sunny in Paris, 21 C."),
+    Message(
+        role="user", content='Weather in Paris?\n\nTool result (get_weather {"city": "Paris"}): Sunny in Paris, 21 C.'
+    ),
 ]
 
 
@@ -81,11 +83,11 @@ def build_graph(llm: Any, aligner: EchoAligner) -> Any:
     return graph.compile()
 
 
-def test_langgraph_node_replaces_the_draft_in_place(llm: ScriptedChatModel, aligner: EchoAligner) -> None:
+def test_langgraph_node_replaces_the_draft(llm: ScriptedChatModel, aligner: EchoAligner) -> None:
     app = build_graph(llm, aligner)
     state = app.invoke({"messages": [HumanMessage(content="Name a prime.")]})
     _human, answer = state["messages"]
-    assert answer.id == "draft-1"
+    assert answer.id == "draft-1-aligned"
     assert answer.content == echo_text([Message(role="user", content="Name a prime.")], DRAFT, 2)
 
 

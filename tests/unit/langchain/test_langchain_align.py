@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, RemoveMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_fakes import (
@@ -176,12 +176,15 @@ def test_dict_input_with_a_draft_gives_the_dict_with_the_aligned_answer(aligner:
     assert list(align.stream(value)) == [{**value, "aligned": expected_text("Q")}]
 
 
-def test_langgraph_state_input_replaces_the_draft_in_place(aligner: EchoAligner) -> None:
+def test_langgraph_state_input_replaces_the_draft(aligner: EchoAligner) -> None:
     state = {"messages": [HumanMessage(content="Q", id="h1"), draft_message()]}
     out = DiffPOAlign(aligner=aligner).invoke(state)
     assert list(out) == ["messages"]
-    [aligned] = out["messages"]
-    assert aligned.id == "draft-1"
+    # The update removes the draft and adds the answer under a new id, which LangGraph streams as new.
+    remove, aligned = out["messages"]
+    assert isinstance(remove, RemoveMessage)
+    assert remove.id == "draft-1"
+    assert aligned.id == "draft-1-aligned"
     assert aligned.content == expected_text("Q", system=None)
 
 

@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from llama_index.core.base.llms.types import (
+    ChatMessage,
     CompletionResponse,
     CompletionResponseGen,
     LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
 )
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
@@ -115,3 +118,17 @@ class DraftLLM(CustomLLM):
                 yield CompletionResponse(text=out, delta=delta)
 
         return gen()
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+def tool_then_answer(messages: list[ChatMessage], **kwargs: Any) -> ChatMessage:
+    """A deterministic function-calling model: call ``multiply(6, 7)`` once, then answer with its result."""
+    results = [m for m in messages if m.role == MessageRole.TOOL]
+    if results:
+        return ChatMessage(role="assistant", content=f"The product is {results[-1].content}.")
+    call = ToolCallBlock(tool_call_id="call-1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})
+    return ChatMessage(role="assistant", blocks=[call])

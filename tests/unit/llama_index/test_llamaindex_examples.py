@@ -30,3 +30,5 @@ def test_example_runs(name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert "(aligned " in out  # the mock aligner's continuation
     assert "SmolLM2-135M-Instruct stands in for a DiffPO checkpoint" in out
     assert any(r.url.path == "/diffpo/align" for r in server.requests)
+    if name == "llamaindex_agent":
+        assert 'user: What is 6 times 7?\n\nTool result (multiply {"a": 6, "b": 7}): 42\n' in out

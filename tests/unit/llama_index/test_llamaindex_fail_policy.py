@@ -150,5 +150,7 @@ async def test_chat_engine_open_astream() -> None:
 def test_bad_policy_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="fail_policy must be 'open' or 'closed', got 'maybe'"):
         DiffPOResponsePostprocessor(FakeAligner(), fail_policy="maybe")  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="aligner must implement align/aalign/stream/astream, got str"):
+    with pytest.raises(
+        ConfigurationError, match=r"^aligner='http://x' is a URL, not an aligner: pass aligner=TGIAligner\('http://x'\)"
+    ):
         DiffPOResponsePostprocessor("http://x")  # type: ignore[arg-type]

@@ -5,18 +5,20 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from llama_index.core import PromptTemplate, Settings, SummaryIndex
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole, ToolCallBlock
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.llms import LLM, MockLLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool
-from llamaindex_fakes import DraftLLM, FakeAligner, draft_for
+from llamaindex_fakes import DraftLLM, FakeAligner, draft_for, multiply, tool_then_answer
 from pydantic import BaseModel
 
+from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.llama_index import DiffPOFunctionCallingLLM, DiffPOLLM
 
 USER = [ChatMessage(role="user", content="Name a prime.")]
@@ -88,7 +90,13 @@ def test_metadata_and_prompt_settings_mirror_the_inner_llm(aligner: FakeAligner)
     assert llm.system_prompt == "Be brief."
     assert llm.callback_manager is inner.callback_manager
     assert type(llm) is DiffPOLLM
-    assert not isinstance(llm, FunctionCallingLLM)
+    # One class for every inner LLM: tools need a function-calling one, and say so.
+    assert isinstance(llm, FunctionCallingLLM)
+    assert llm.metadata.is_function_calling_model is False
+    with pytest.raises(
+        ConfigurationError, match=r"^the wrapped DraftLLM is not a FunctionCallingLLM, so it cannot call tools"
+    ):
+        llm.chat_with_tools([FunctionTool.from_defaults(multiply)], "What is 6 times 7?")
     assert DiffPOLLM.class_name() == "DiffPOLLM"
 
 
@@ -145,29 +153,15 @@ def test_structured_predict_goes_to_the_inner_llm(aligner: FakeAligner) -> None:
 # -- function calling --------------------------------------------------------------------------
 
 
-def _tool_then_answer(messages: list[ChatMessage], **kwargs: Any) -> ChatMessage:
-    """A deterministic function-calling model: call ``multiply`` once, then answer with its result."""
-    results = [m for m in messages if m.role == MessageRole.TOOL]
-    if results:
-        return ChatMessage(role="assistant", content=f"The product is {results[-1].content}.")
-    call = ToolCallBlock(tool_call_id="call-1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})
-    return ChatMessage(role="assistant", blocks=[call])
-
-
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers."""
-    return a * b
-
-
 def test_function_calling_inner_gives_a_function_calling_wrapper(aligner: FakeAligner) -> None:
-    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=_tool_then_answer), aligner=aligner)
+    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=tool_then_answer), aligner=aligner)
     assert isinstance(llm, DiffPOFunctionCallingLLM)
     assert isinstance(llm, FunctionCallingLLM)
     assert llm.metadata.is_function_calling_model is True
 
 
 def test_tool_calls_pass_through_untouched(aligner: FakeAligner) -> None:
-    inner = MockFunctionCallingLLM(response_generator=_tool_then_answer)
+    inner = MockFunctionCallingLLM(response_generator=tool_then_answer)
     llm = DiffPOLLM(llm=inner, aligner=aligner)
     tool = FunctionTool.from_defaults(multiply)
     expected = inner.chat_with_tools([tool], user_msg="What is 6 times 7?")
@@ -182,14 +176,15 @@ def test_tool_calls_pass_through_untouched(aligner: FakeAligner) -> None:
 
 
 async def test_function_agent_final_answer_is_aligned(aligner: FakeAligner) -> None:
-    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=_tool_then_answer), aligner=aligner)
+    llm = DiffPOLLM(llm=MockFunctionCallingLLM(response_generator=tool_then_answer), aligner=aligner)
     agent = FunctionAgent(tools=[FunctionTool.from_defaults(multiply)], llm=llm)
     handler = agent.run("What is 6 times 7?")
     deltas = [ev.delta async for ev in handler.stream_events() if isinstance(ev, AgentStream) and ev.delta]
     result = await handler
     assert len(aligner.requests) == 1
     assert aligner.requests[0].draft == "The product is 42."
-    assert [(m.role, m.content) for m in aligner.requests[0].messages] == [("user", "What is 6 times 7?")]
-    assert result.response.content == _expected("What is 6 times 7?", "The product is 42.")
+    grounded = 'What is 6 times 7?\n\nTool result (multiply {"a": 6, "b": 7}): 42'
+    assert [(m.role, m.content) for m in aligner.requests[0].messages] == [("user", grounded)]
+    assert result.response.content == _expected(grounded, "The product is 42.")
     assert "".join(deltas) == result.response.content
     assert len(deltas) > 1

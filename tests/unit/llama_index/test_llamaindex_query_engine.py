@@ -109,6 +109,17 @@ def test_synthesizer_is_a_drop_in(index: SummaryIndex, aligner: FakeAligner, llm
     assert engine.query(Q).metadata is not None
 
 
+def test_synthesizer_is_a_real_base_synthesizer(aligner: FakeAligner, llm: DraftLLM) -> None:
+    # Initialised as a BaseSynthesizer (from the inner one's settings), not a proxy of its attributes.
+    inner = get_response_synthesizer(llm=llm)
+    synth = DiffPOSynthesizer(inner, aligner=aligner)
+    assert synth._prompt_helper is inner._prompt_helper
+    assert synth._chat_prompt_helper is inner._chat_prompt_helper
+    assert (synth._empty_response, synth._output_cls) == (inner._empty_response, inner._output_cls)
+    assert hasattr(inner, "_text_qa_template")
+    assert not hasattr(synth, "_text_qa_template")
+
+
 def test_synthesizer_get_response(aligner: FakeAligner, llm: DraftLLM) -> None:
     synth = DiffPOSynthesizer(get_response_synthesizer(llm=llm, response_mode="simple_summarize"), aligner=aligner)
     draft = get_response_synthesizer(llm=llm, response_mode="simple_summarize").get_response(Q, ["a chunk"])

@@ -1,0 +1,176 @@
+"""``diffpo bench gateway``: what the gateway adds over calling the upstream directly, alignment off.
+
+Both legs run against the same delay server (a canned chat answer after a fixed delay), the gateway
+in its own process, so each figure is the gateway's own cost: the median added latency of one
+call, and how 64 concurrent calls scale through the gateway compared with the upstream alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = ["GatewayBenchResult", "format_gateway_table", "gateway_process", "run_gateway_bench"]
+
+_BODY = {"model": "delay-server", "messages": [{"role": "user", "content": "Is seven a prime number?"}]}
+_OFF = {"x-diffpo-align": "off"}
+TARGET_ADDED_MS = 1.0
+TARGET_CONCURRENCY_RATIO = 1.1
+
+
+@dataclass(frozen=True)
+class GatewayBenchResult:
+    """Figures of one run (milliseconds)."""
+
+    delay_ms: float
+    iterations: int
+    concurrency: int
+    direct_ms: float
+    """Median of one call straight to the upstream."""
+    gateway_ms: float
+    """Median of one call through the gateway, alignment off."""
+    direct_round_ms: tuple[float, float]
+    """One call, then ``concurrency`` calls at once, straight to the upstream (medians over rounds)."""
+    gateway_round_ms: tuple[float, float]
+    """The same through the gateway."""
+
+    @property
+    def added_ms(self) -> float:
+        """Median latency the gateway adds to one call."""
+        return self.gateway_ms - self.direct_ms
+
+    @property
+    def concurrency_ratio(self) -> float:
+        """(gateway concurrent / single) over (direct concurrent / single): 1.0 means no extra queueing."""
+        direct = self.direct_round_ms[1] / self.direct_round_ms[0]
+        gateway = self.gateway_round_ms[1] / self.gateway_round_ms[0]
+        return gateway / direct
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(upstream_url: str, *, timeout: float = 60.0) -> Iterator[str]:
+    """Run ``diffpo gateway`` in front of ``upstream_url`` in a child process; yield its base URL.
+
+    The aligner URL points at a closed port: the benchmark turns alignment off per request.
+    """
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffpo_integrations.cli",
+        "gateway",
+        "--upstream",
+        upstream_url,
+        "--aligner-url",
+        f"http://127.0.0.1:{_free_port()}",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                msg = f"diffpo gateway exited with status {proc.returncode} during start-up"
+                raise RuntimeError(msg)
+            try:
+                if httpx.get(url + "/v1/models", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                msg = f"diffpo gateway did not start within {timeout:.0f} s"
+                raise RuntimeError(msg)
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _median_call_ms(url: str, headers: dict[str, str], iterations: int, warmup: int) -> float:
+    times = []
+    with httpx.Client(base_url=url, timeout=30.0) as client:
+        for i in range(warmup + iterations):
+            start = time.perf_counter()
+            response = client.post("/v1/chat/completions", json=_BODY, headers=headers)
+            elapsed = time.perf_counter() - start
+            response.raise_for_status()
+            if i >= warmup:
+                times.append(elapsed)
+    return statistics.median(times) * 1000
+
+
+async def _rounds_ms(url: str, headers: dict[str, str], concurrency: int, rounds: int) -> tuple[float, float]:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
+
+        async def call() -> None:
+            (await client.post("/v1/chat/completions", json=_BODY, headers=headers)).raise_for_status()
+
+        # Open every connection first, so the rounds time requests, not TCP handshakes.
+        await asyncio.gather(*(call() for _ in range(concurrency)))
+        singles, rounds_ms = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await call()
+            singles.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await asyncio.gather(*(call() for _ in range(concurrency)))
+            rounds_ms.append(time.perf_counter() - start)
+    return statistics.median(singles) * 1000, statistics.median(rounds_ms) * 1000
+
+
+def run_gateway_bench(
+    upstream_url: str,
+    gateway_url: str,
+    *,
+    delay_ms: float,
+    iterations: int = 200,
+    warmup: int = 20,
+    concurrency: int = 64,
+    rounds: int = 5,
+) -> GatewayBenchResult:
+    """Time direct and gateway calls, interleaving nothing: each leg runs alone on an idle upstream."""
+    direct_ms = _median_call_ms(upstream_url, {}, iterations, warmup)
+    gateway_ms = _median_call_ms(gateway_url, _OFF, iterations, warmup)
+    direct_round = asyncio.run(_rounds_ms(upstream_url, {}, concurrency, rounds))
+    gateway_round = asyncio.run(_rounds_ms(gateway_url, _OFF, concurrency, rounds))
+    return GatewayBenchResult(delay_ms, iterations, concurrency, direct_ms, gateway_ms, direct_round, gateway_round)
+
+
+def format_gateway_table(result: GatewayBenchResult) -> str:
+    """The figures as a plain-text table, each with its target."""
+    added_ok = "ok" if result.added_ms <= TARGET_ADDED_MS else "OVER"
+    ratio_ok = "ok" if result.concurrency_ratio <= TARGET_CONCURRENCY_RATIO else "OVER"
+    d1, dn = result.direct_round_ms
+    g1, gn = result.gateway_round_ms
+    rows = [
+        f"gateway overhead, alignment off (upstream delay {result.delay_ms:g} ms, {result.iterations} calls)",
+        f"  median one call      direct {result.direct_ms:8.2f} ms   gateway {result.gateway_ms:8.2f} ms",
+        f"  added by the gateway {result.added_ms:+8.2f} ms   (target <= {TARGET_ADDED_MS:g} ms: {added_ok})",
+        f"  {result.concurrency} concurrent calls  direct {dn:8.1f} ms ({dn / d1:.2f}x one call)   "
+        f"gateway {gn:8.1f} ms ({gn / g1:.2f}x one call)",
+        f"  gateway ratio / direct ratio {result.concurrency_ratio:.2f}x   "
+        f"(target <= {TARGET_CONCURRENCY_RATIO:g}x: {ratio_ok})",
+    ]
+    return "\n".join(rows)

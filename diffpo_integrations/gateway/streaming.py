@@ -1,0 +1,154 @@
+"""Streamed chat answers: read the upstream's stream, then stream the aligned answer as OpenAI chunks.
+
+Policies: ``full_draft`` reads the whole upstream answer first; ``early`` starts aligning once the
+kept prefix has surely arrived and closes the upstream stream (which stops its generation). An
+answer with tool calls is forwarded event by event as the upstream sent it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from diffpo_integrations.core.errors import ConfigurationError, DiffPOError
+from diffpo_integrations.core.types import AlignResult, Message
+from diffpo_integrations.gateway.aligning import RequestPlan, complete_words, ready_words
+from diffpo_integrations.gateway.answers import (
+    aligner_failure,
+    conversation_or_error,
+    finish_reason,
+    record_result,
+)
+from diffpo_integrations.gateway.state import GatewayState
+from diffpo_integrations.gateway.wire import GatewayError, sse
+
+__all__ = ["stream_answer"]
+
+_BASE_KEYS = ("id", "created", "model", "system_fingerprint")
+
+
+@dataclass
+class _Draft:
+    text: str = ""
+    finish: str | None = None
+
+
+class _StreamFailed(Exception):
+    """The stream ended with an error event; nothing more may be sent."""
+
+
+async def stream_answer(
+    state: GatewayState,
+    body: dict[str, Any],
+    plan: RequestPlan,
+    events: AsyncIterator[dict[str, Any]],
+    upstream: AsyncExitStack,
+    slot: AsyncExitStack,
+) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed chat answer; closes ``upstream`` as soon as it is read, ``slot`` at the end."""
+    try:
+        drafts: dict[int, _Draft] = {}
+        base: dict[str, Any] = {}
+        usage: Any = None
+        forwarded = False
+        started = time.perf_counter()
+        early = ready_words(plan.keep_prefix_tokens) if _early(state, body) else None
+        try:
+            held: list[dict[str, Any]] = []
+            async for event in events:
+                base = base or {k: event[k] for k in _BASE_KEYS if k in event}
+                if forwarded or "error" in event:
+                    yield sse(event)
+                    continue
+                usage = event.get("usage") or usage
+                held.append(event)
+                if _read(event, drafts):
+                    forwarded = True
+                    state.metrics.count("diffpo_gateway_passthrough_total", ("reason", "tool_calls"))
+                    for raw in held:
+                        yield sse(raw)
+                    continue
+                if early is not None and 0 in drafts and complete_words(drafts[0].text) >= early:
+                    usage = None  # the upstream was stopped: its usage figures are unknown
+                    break
+        except GatewayError as exc:
+            yield sse(exc.body)
+            return
+        finally:
+            state.metrics.observe("diffpo_gateway_upstream_seconds", time.perf_counter() - started)
+            await upstream.aclose()
+        if forwarded:
+            yield sse("[DONE]")
+            return
+        base = {**base, "object": "chat.completion.chunk"}
+        conversation = conversation_or_error(body.get("messages"))
+        try:
+            for index in sorted(drafts):
+                async for piece in _aligned_choice(state, conversation, drafts[index], plan, base, index):
+                    yield piece
+        except _StreamFailed:
+            return
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield sse({**base, "choices": [], "usage": usage})
+        yield sse("[DONE]")
+    finally:
+        await slot.aclose()
+
+
+def _early(state: GatewayState, body: dict[str, Any]) -> bool:
+    # Several choices arrive interleaved: only the one-choice stream can be cut short.
+    return state.config.stream_policy == "early" and (body.get("n") or 1) == 1
+
+
+def _read(event: dict[str, Any], drafts: dict[int, _Draft]) -> bool:
+    """Add one event's deltas to the drafts; True when it carries a tool call."""
+    tool_call = False
+    for choice in event.get("choices") or []:
+        draft = drafts.setdefault(int(choice.get("index") or 0), _Draft())
+        delta = choice.get("delta") or {}
+        tool_call = tool_call or bool(delta.get("tool_calls") or delta.get("function_call"))
+        draft.text += delta.get("content") or ""
+        draft.finish = choice.get("finish_reason") or draft.finish
+    return tool_call
+
+
+async def _aligned_choice(
+    state: GatewayState,
+    conversation: list[Message] | DiffPOError,
+    draft: _Draft,
+    plan: RequestPlan,
+    base: dict[str, Any],
+    index: int,
+) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**base, "choices": [choice], **extra})
+
+    yield chunk({"role": "assistant", "content": ""})
+    result: AlignResult | None = None
+    emitted = False
+    try:
+        if isinstance(conversation, DiffPOError):
+            raise conversation
+        async for piece in state.aligner.astream(
+            conversation, draft.text, keep_prefix_tokens=plan.keep_prefix_tokens, max_new_tokens=plan.max_new_tokens
+        ):
+            if piece.text:
+                emitted = True
+                yield chunk({"role": "assistant", "content": piece.text})
+            result = piece.result or result
+    except DiffPOError as exc:
+        # Fall back only before the first aligned piece: after it, the client already shows aligned text.
+        if state.config.fail_policy == "closed" or emitted or isinstance(exc, ConfigurationError):
+            yield sse(aligner_failure(exc, state.aligner.endpoint).body)
+            raise _StreamFailed from exc
+        result = AlignResult.unaligned(draft.text, exc, endpoint=state.aligner.endpoint)
+        yield chunk({"role": "assistant", "content": draft.text})
+    if result is None:
+        yield sse(aligner_failure(DiffPOError("the aligner's stream ended without a result"), None).body)
+        raise _StreamFailed
+    record_result(state, result)
+    yield chunk({}, finish_reason(result, draft.finish), diffpo=result.metadata())

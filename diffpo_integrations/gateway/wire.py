@@ -1,0 +1,61 @@
+"""OpenAI's wire shapes as the gateway writes them: error bodies, stream chunks and SSE framing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["GatewayError", "openai_error", "sse", "upstream_error_body"]
+
+
+def openai_error(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body, which every OpenAI SDK turns into an exception showing ``message``.
+
+    Example:
+        >>> openai_error("bad key", "authentication_error")["error"]["message"]
+        'bad key'
+    """
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class GatewayError(Exception):
+    """An error answer of the gateway: HTTP status, OpenAI error body, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = openai_error(message, error_type, param=param, code=code)
+        self.headers = headers or {}
+
+
+def upstream_error_body(status: int, payload: Any, upstream: str) -> dict[str, Any]:
+    """The upstream's error answer in OpenAI's shape: kept as is when it already is, wrapped otherwise.
+
+    TGI answers ``{"error": "...", "error_type": "..."}``, Ollama and some proxies plain text: the
+    message then says which upstream answered, so the client knows the draft model failed.
+    """
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and "message" in payload["error"]:
+        return payload
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        detail = payload["error"]
+        kind = str(payload.get("error_type") or "upstream_error")
+    else:
+        detail = payload if isinstance(payload, str) else json.dumps(payload)
+        kind = "upstream_error"
+    detail = detail.strip()[:500] or f"HTTP {status}"
+    return openai_error(f"the upstream {upstream} answered HTTP {status}: {detail}", kind, code=str(status))
+
+
+def sse(payload: Any) -> bytes:
+    """One Server-Sent Event carrying ``payload`` as JSON (``[DONE]`` for the end marker)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
