@@ -22,11 +22,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from diffpo_integrations import __version__
 from diffpo_integrations.server.errors import ApiError, validation_error
 from diffpo_integrations.server.generation import GeneratedToken, GenerationResult, GenerationSpec
-from diffpo_integrations.server.routes_tgi import sse_event
 from diffpo_integrations.server.sampling import MAX_TOP_N_TOKENS, openai_sampling
 from diffpo_integrations.server.state import ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
 from diffpo_integrations.wire.openai import ChatBody, CompletionBody, openai_top_logprob
+from diffpo_integrations.wire.sse import sse_event
 
 __all__ = ["TGI_CLIENT_MODEL", "StopTrimmer", "router"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,15 +25,11 @@ from diffpo_integrations.server.sampling import MAX_BEST_OF, MAX_TOP_N_TOKENS, t
 from diffpo_integrations.server.schemas import GenerateBody, GenerateParameters, TokenizeBody
 from diffpo_integrations.server.state import RequestTimer, ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
+from diffpo_integrations.wire.sse import sse_event
 
 __all__ = ["router", "sse_event"]
 
 router = APIRouter()
-
-
-def sse_event(payload: Any) -> bytes:
-    """One server-sent event carrying ``payload`` as JSON."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
 def _refuse_unsupported(p: GenerateParameters) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "ChatMessage",
     "CompletionBody",
     "StreamOptions",
+    "openai_error",
     "openai_error_body",
     "openai_error_type",
     "openai_top_logprob",
@@ -147,16 +148,26 @@ def openai_error_type(status: int) -> str:
     return "invalid_request_error"
 
 
+def openai_error(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body, which every OpenAI SDK turns into an exception showing ``message``.
+
+    Example:
+        >>> openai_error("bad key", "authentication_error")["error"]["message"]
+        'bad key'
+    """
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 def openai_error_body(
     message: str, status: int, *, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error payload, which the ``openai`` SDK shows as ``Error code: <status> - <message>``.
+    """:func:`openai_error` with the ``type`` OpenAI gives ``status``.
 
     Example:
         >>> openai_error_body("`logprobs` must be <= 5", 422, code="validation", param="logprobs")
         {'error': {'message': '`logprobs` must be <= 5', 'type': 'invalid_request_error', 'param': 'logprobs', 'code': 'validation'}}
     """
-    return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
+    return openai_error(message, openai_error_type(status), param=param, code=code)
 
 
 def openai_top_logprob(text: str, logprob: float) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Each extra alone, installed from a freshly built wheel into a clean environment, gives its documented imports.
 
 One environment per extra (none, ``langchain``, ``llama-index``, ``agents``, ``server``, ``cli``,
-``examples``), built in parallel from PyPI and cached under ``.cache/venvs/`` keyed by
+``examples``, ``gateway``), built in parallel from PyPI and cached under ``.cache/venvs/`` keyed by
 ``pyproject.toml``; the wheel itself is rebuilt and reinstalled every run. torch must arrive
-only with ``server`` (and ``local``).
+only with ``server`` (and ``local``): the gateway installs none.
 """
 
 from __future__ import annotations
@@ -62,7 +62,14 @@ import tqdm
 """,
     "examples": """
 from langchain_openai import ChatOpenAI
+from openai import OpenAI
+from llama_index.llms.openai_like import OpenAILike
 from diffpo_integrations.langchain import DiffPOAlign
+from diffpo_integrations.llama_index import DiffPOLLM
+""",
+    "gateway": """
+from diffpo_integrations.gateway import GatewayConfig, create_gateway_app, run_gateway
+from diffpo_integrations.wire.openai import ChatBody
 """,
 }
 """What the README and docs import after ``pip install "diffpo-integrations[<extra>]"``."""
