@@ -65,8 +65,9 @@ def _describe(status: int, content_type: str, text: str) -> str:
 def check_probe_answer(base_url: str, path: str, response: Any) -> dict[str, Any]:
     """The JSON object of a probe answer (``GET /info``), or a :class:`ConfigurationError` saying what came back.
 
-    Statuses a server may answer while it works (401, 429, 5xx) are left to the caller's usual
-    error mapping: only answers that show the URL is not such a server are explained here.
+    A server's own error answers (a JSON error body, or 401, 429, 5xx) are left to the caller's
+    usual error mapping: only answers that show the URL is not such a server are explained here
+    (a 404 or 405, an HTML page, a body that is not a JSON object).
 
     Args:
         base_url: The configured root URL.
@@ -78,16 +79,19 @@ def check_probe_answer(base_url: str, path: str, response: Any) -> dict[str, Any
     """
     status = int(response.status_code)
     content_type = str(response.headers.get("content-type", ""))
-    if status in (401, 403, 429) or status >= 500:
-        return {}
     payload: Any = None
     if "json" in content_type:
         try:
             payload = response.json()
         except ValueError:
             payload = None
-    if status < 400 and isinstance(payload, dict) and "error" not in payload:
+    if status < 400 and isinstance(payload, dict):
         return payload
+    if status >= 400 and status not in (404, 405) and isinstance(payload, dict) and "error" in payload:
+        # A server's own error answer (TGI's or OpenAI's shape): the caller's error mapping types it.
+        return {}
+    if status in (401, 403, 429) or status >= 500:
+        return {}
     msg = (
         f"{base_url} does not look like a TGI or `diffpo serve` server: GET {base_url}{path} answered "
         f"{_describe(status, content_type, response.text)}, not the server's JSON. Point base_url at the "
