@@ -120,9 +120,13 @@ class TokenChooser:
             counts = torch.tensor(list(self._generated.values()), dtype=scores.dtype, device=scores.device)
             scores[0, ids] -= p.frequency_penalty * counts + p.presence_penalty
         if p.do_sample:
-            scores = self._warpers(history, scores)
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self._generator)[0, 0])
+            warped = self._warpers(history, scores)
+            if torch.isposinf(warped).any():
+                # A temperature so small that the logits overflow: its limit, the argmax.
+                token = int(scores[0].argmax())
+            else:
+                probs = torch.softmax(warped, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=self._generator)[0, 0])
         else:
             token = int(scores[0].argmax())
         self.history.append(token)

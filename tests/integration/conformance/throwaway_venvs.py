@@ -53,7 +53,7 @@ class PyPIUnreachable(Exception):
     """pip failed and PyPI does not answer."""
 
 
-def _pypi_reachable() -> bool:
+def pypi_reachable() -> bool:
     # A subprocess: the unit tests' socket guard does not reach it.
     probe = "import socket; socket.create_connection(('pypi.org', 443), timeout=5).close()"
     return subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False).returncode == 0
@@ -71,7 +71,7 @@ def _pip(python: Path, args: Sequence[str]) -> None:
         check=False,
     )
     if done.returncode != 0:
-        if not _pypi_reachable():
+        if not pypi_reachable():
             raise PyPIUnreachable(done.stderr[-500:])
         msg = f"pip install {' '.join(args)} failed:\n{done.stderr[-3000:]}"
         raise RuntimeError(msg)

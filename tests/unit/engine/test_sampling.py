@@ -99,3 +99,8 @@ def test_frequency_and_presence_penalties_count_generated_tokens() -> None:
 def test_invalid_settings_say_what_to_change(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_tiny_temperature_is_the_argmax_not_an_error() -> None:
+    logits = torch.tensor([[1.0, 3.0, -2.0, 2.9]])
+    assert TokenChooser(SamplingParams(temperature=1e-300, seed=1), [], "cpu")(logits) == [1]
