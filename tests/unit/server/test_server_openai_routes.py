@@ -229,3 +229,13 @@ def test_a_failure_mid_stream_is_an_openai_error_event(tiny: TinyLoaded) -> None
     }
     assert events[-1] == error
     assert completion_events[-1] == error
+
+
+def test_tgi_s_own_clients_get_their_chat_stream_without_done(client: TestClient) -> None:
+    # text-generation and LlamaIndex's TextGenerationInference send model "tgi" and json-parse every event.
+    for model, last in [("tgi", dict), ("gpt-4o", str)]:
+        body = {"model": model, "messages": MESSAGES, "max_tokens": 3, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            events = sse_payloads(r.iter_lines())
+        assert isinstance(events[-1], last), events[-1]
+        assert all(isinstance(e, dict) for e in events[:-1])
