@@ -104,3 +104,12 @@ def test_invalid_settings_say_what_to_change(kwargs: dict[str, float], message: 
 def test_a_tiny_temperature_is_the_argmax_not_an_error() -> None:
     logits = torch.tensor([[1.0, 3.0, -2.0, 2.9]])
     assert TokenChooser(SamplingParams(temperature=1e-300, seed=1), [], "cpu")(logits) == [1]
+
+
+def test_draws_follow_the_distribution_and_never_pick_a_zero_probability_token() -> None:
+    chooser = TokenChooser(SamplingParams(seed=3), [], "cpu")
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.25, 0.25, 0.0])
+    counts = torch.bincount(torch.tensor([chooser._draw(probs) for _ in range(4000)]), minlength=6)
+    assert counts[[0, 2, 5]].tolist() == [0, 0, 0]
+    assert abs(counts[1].item() / 4000 - 0.5) < 0.04
+    assert abs(counts[3].item() / 4000 - 0.25) < 0.04
