@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import httpx
 import pytest
 from clients import CLIENT_VENVS, TEST_ENV_CLIENTS
 from throwaway_venvs import ROOT, PyPIUnreachable, ensure, run_in
+
+from diffpo_integrations.server.testing import serve_in_thread, shared_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,6 +64,13 @@ def docs_table() -> dict[str, dict[str, str]]:
 
 
 TABLE = docs_table()
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    # Here, not in a conftest.py: other test folders import their conftest by name.
+    with serve_in_thread(shared_app()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
