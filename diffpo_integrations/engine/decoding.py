@@ -100,9 +100,9 @@ def stepwise(
     if not emitter.done:
         with open_session(model) as session, torch.inference_mode():
             choose = chooser(prompt, session.device) if chooser is not None else None
-            token = session.feed(prompt, 1, choose)[0]
+            token = session.feed(prompt, 1, choose=choose)[0]
             while not emitter.push(token):
-                token = session.feed([token], 1, choose)[0]
+                token = session.feed([token], 1, choose=choose)[0]
             passes = session.forward_passes
     return emitter.result(
         forward_passes=passes,
