@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from diffpo_integrations.backends._probe import check_probe_answer, normalize_base_url
 from diffpo_integrations.backends._transport import TransportCalls, parse_sse_line
 from diffpo_integrations.core.aligner import (
     DEFAULT_KEEP_PREFIX_TOKENS,
@@ -23,7 +24,7 @@ from diffpo_integrations.core.aligner import (
 )
 from diffpo_integrations.core.errors import ConfigurationError, IncompleteGenerationError
 from diffpo_integrations.core.prompt import AlignPrompt, TokenSpan, assemble_answer, build_prompt, render_texts
-from diffpo_integrations.core.templates import BUILTIN_TEMPLATES, ChatTemplate, get_template
+from diffpo_integrations.core.templates import BUILTIN_TEMPLATES, ChatTemplate, check_template_name, get_template
 from diffpo_integrations.core.types import (
     AlignChunk,
     AlignRequest,
@@ -139,8 +140,12 @@ class TGIAligner(TransportCalls, BaseAligner):
             prefix_sampling=prefix_sampling,
             seed=seed,
         )
+        if isinstance(template, str):
+            # An unknown name fails here, at once, listing the built-ins.
+            check_template_name(template)
+        # A pasted ``.../v1`` or route is dropped: every TGI route lives at the root.
         self._connect(
-            (base_url or default_aligner_url()).rstrip("/"),
+            normalize_base_url(base_url or default_aligner_url()),
             timeout=timeout,
             deadline=deadline,
             max_retries=max_retries,
@@ -166,8 +171,9 @@ class TGIAligner(TransportCalls, BaseAligner):
 
     async def _get_info(self, deadline_at: float | None) -> dict[str, Any]:
         if self._info is None:
-            response = await self.transport.request("GET", "/info", deadline_at=deadline_at)
-            self._info = dict(response.json())
+            # 404 and 405 come back to be explained: they mean the URL is not a TGI server at all.
+            response = await self.transport.request("GET", "/info", deadline_at=deadline_at, ok=(404, 405))
+            self._info = check_probe_answer(self.base_url, "/info", response)
         return self._info
 
     def info(self) -> dict[str, Any]:
@@ -202,6 +208,14 @@ class TGIAligner(TransportCalls, BaseAligner):
         }
         if isinstance(self.template, str) and self.template in BUILTIN_TEMPLATES:
             body["template"] = self.template
+        elif isinstance(self.template, str):
+            # A tokenizer's own template cannot travel: the server would use its model's template instead.
+            msg = (
+                f"template {self.template!r} is a tokenizer, which {self.base_url}/diffpo/align cannot use: "
+                f"pass one of {sorted(BUILTIN_TEMPLATES)}, leave it out to use the server model's own, "
+                "or pass use_align_route=False"
+            )
+            raise ConfigurationError(msg)
         if self.method is not None:
             body["method"] = self.method
         return body

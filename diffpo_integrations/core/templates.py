@@ -8,13 +8,19 @@ Built-in names:
 - ``"chatml"``: ChatML. End of turn: ``<|im_end|>``.
 - ``"smollm2"``: ChatML with SmolLM2's default system message (the embedded server's model).
 
-Anything else is taken as a tokenizer folder, a hub id, or a ``.gguf`` file, and that tokenizer's
-own ``chat_template`` is used (needs ``transformers``: ``pip install diffpo-integrations[local]``).
+Anything else must be a tokenizer folder, a ``.gguf`` file, or a hub id (``org/name``), and that
+tokenizer's own ``chat_template`` is used (needs ``transformers``: ``pip install
+diffpo-integrations[local]``). Any other name fails at once, listing the built-ins; a hub id is
+read from the local cache first and the hub is asked only once, briefly, so an offline machine
+gets an answer in seconds, not after a minute of retries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -27,8 +33,13 @@ __all__ = [
     "BuiltinTemplate",
     "ChatTemplate",
     "TokenizerTemplate",
+    "check_template_name",
     "get_template",
 ]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""``org/name``: what the Hugging Face Hub accepts as a repository id."""
+_HUB_PROBE_TIMEOUT_S = 5.0
 
 
 @runtime_checkable
@@ -189,6 +200,7 @@ def get_template(template: str | os.PathLike[str] | ChatTemplate) -> ChatTemplat
     key = os.fspath(template)
     if key in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[key]
+    check_template_name(key)
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
@@ -200,9 +212,56 @@ def get_template(template: str | os.PathLike[str] | ChatTemplate) -> ChatTemplat
     try:
         if key.endswith(".gguf"):
             tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(key) or ".", gguf_file=os.path.basename(key))
-        else:
+        elif os.path.exists(key):
             tokenizer = AutoTokenizer.from_pretrained(key)
+        else:
+            tokenizer = _hub_tokenizer(key)
+    except ConfigurationError:
+        raise
     except Exception as exc:
         msg = f"could not load a tokenizer from {key!r} ({exc}); use one of {sorted(BUILTIN_TEMPLATES)} or a tokenizer folder"
         raise ConfigurationError(msg) from exc
     return TokenizerTemplate(tokenizer, name=key)
+
+
+def check_template_name(name: str) -> None:
+    """Fail fast on a name that is neither a built-in, an existing path, nor a hub id (``org/name``).
+
+    Raises:
+        ConfigurationError: listing the built-in names (and the closest one).
+
+    Example:
+        >>> check_template_name("gemma2")
+        Traceback (most recent call last):
+        ...
+        diffpo_integrations.core.errors.ConfigurationError: unknown template 'gemma2' (did you mean 'gemma'?): use one of ['chatml', 'gemma', 'llama3', 'smollm2'], a tokenizer folder, a .gguf file, or a hub id like 'google/gemma-2-9b-it'
+    """
+    if name in BUILTIN_TEMPLATES or os.path.exists(name) or name.endswith(".gguf") or _HUB_ID.match(name):
+        return
+    close = difflib.get_close_matches(name, list(BUILTIN_TEMPLATES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    msg = (
+        f"unknown template {name!r}{hint}: use one of {sorted(BUILTIN_TEMPLATES)}, a tokenizer folder, "
+        "a .gguf file, or a hub id like 'google/gemma-2-9b-it'"
+    )
+    raise ConfigurationError(msg)
+
+
+def _hub_tokenizer(repo_id: str) -> Any:
+    """A hub tokenizer from the local cache, else downloaded once the hub answered a short probe."""
+    from transformers import AutoTokenizer
+
+    with contextlib.suppress(Exception):  # not cached: ask the hub below
+        return AutoTokenizer.from_pretrained(repo_id, local_files_only=True)
+    from huggingface_hub import HfApi
+
+    try:
+        # One short request instead of the download's retries, which take about a minute offline.
+        HfApi().model_info(repo_id, timeout=_HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:
+        msg = (
+            f"template {repo_id!r} is not in the local Hugging Face cache and the hub did not answer for it "
+            f"({type(exc).__name__}: {str(exc)[:200]}); use one of {sorted(BUILTIN_TEMPLATES)} or a tokenizer folder"
+        )
+        raise ConfigurationError(msg) from exc
+    return AutoTokenizer.from_pretrained(repo_id)

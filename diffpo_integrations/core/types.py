@@ -47,19 +47,18 @@ class Message(BaseModel):
     """The turn's text."""
 
 
-def check_utf8(text: str, what: str) -> str:
+def check_utf8(
+    text: str, what: str, advice: str = "decode the source bytes with errors='replace' before aligning"
+) -> str:
     """Return ``text`` if it can be sent as UTF-8; lone surrogates (from undecodable bytes) cannot.
 
     Raises:
-        InputError: naming ``what`` and the position of the first bad character.
+        InputError: naming ``what``, the position of the first bad character and ``advice``.
     """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        msg = (
-            f"{what} is not valid UTF-8 text: lone surrogate {text[exc.start]!r} at character {exc.start}; "
-            "decode the source bytes with errors='replace' before aligning"
-        )
+        msg = f"{what} is not valid UTF-8 text: lone surrogate {text[exc.start]!r} at character {exc.start}; {advice}"
         raise InputError(msg) from None
     return text
 

@@ -7,7 +7,8 @@ prompt building lives in :mod:`diffpo_integrations.core`.
   safetensors after the first load); ``pack_weights=True`` packs the linear weights for
   oneDNN on a CPU (:func:`pack_linear_weights`).
 - :func:`greedy`, :func:`speculative` and :func:`reference_jacobi` decode one sequence and
-  return a :class:`DecodeResult`; :func:`decode` picks one by name.
+  return a :class:`DecodeResult`; :func:`decode` picks one by name. :func:`sample` draws each
+  token with :class:`SamplingParams` (the server's sampling routes; alignment stays greedy).
 - :class:`BatchScheduler` runs the decodes of several threads as shared forward passes
   (:func:`use_scheduler` routes a thread through it); the embedded server batches with it.
 """
@@ -24,6 +25,7 @@ from diffpo_integrations.engine.decoding import (
 )
 from diffpo_integrations.engine.loading import LoadedModel, eos_token_ids, load_model, smollm2_gguf_path
 from diffpo_integrations.engine.packing import pack_linear_weights
+from diffpo_integrations.engine.sampling import SamplingParams, sample
 from diffpo_integrations.engine.speculation import SpeculationConfig, speculative
 from diffpo_integrations.engine.testing import tiny_random_model
 
@@ -33,6 +35,7 @@ __all__ = [
     "DecodeResult",
     "DecodeFinishReason",
     "LoadedModel",
+    "SamplingParams",
     "SpeculationConfig",
     "TokenCallback",
     "decode",
@@ -41,6 +44,7 @@ __all__ = [
     "load_model",
     "pack_linear_weights",
     "reference_jacobi",
+    "sample",
     "smollm2_gguf_path",
     "speculative",
     "supports_batching",

@@ -25,6 +25,7 @@ __all__ = [
     "argmax_ids",
     "cache_keyword",
     "check_decode_args",
+    "Chooser",
     "Emitter",
     "KVSession",
     "full_forward_argmax",
@@ -37,6 +38,9 @@ __all__ = [
 
 TokenCallback = Callable[[int], None]
 """Streaming hook: called with each newly accepted token id, in order."""
+
+Chooser = Callable[[torch.Tensor], list[int]]
+"""Picks tokens from ``[positions, vocab]`` logits (sampling); the passes default to the argmax."""
 
 
 @dataclass(frozen=True)
@@ -273,15 +277,16 @@ class KVSession:
         self.length = 0
         self.forward_passes = 0
 
-    def feed(self, tokens: Sequence[int], n_logits: int) -> list[int]:
+    def feed(self, tokens: Sequence[int], n_logits: int, choose: Chooser | None = None) -> list[int]:
         """Run the model over ``tokens`` after the cached ones.
 
         Args:
             tokens: Token ids to append to the cache.
             n_logits: How many trailing positions need a prediction.
+            choose: Picks the tokens from those positions' logits instead of the argmax.
 
         Returns:
-            The argmax token at each of the last ``n_logits`` positions.
+            The chosen (by default the argmax) token at each of the last ``n_logits`` positions.
         """
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
@@ -292,6 +297,8 @@ class KVSession:
             logits = self.model(input_ids=ids, **kwargs).logits
         self.forward_passes += 1
         self.length += len(tokens)
+        if choose is not None:
+            return choose(logits[0, -n_logits:, :])
         return argmax_ids(logits[:, -n_logits:, :])
 
     def rollback(self, n_tokens: int) -> None:

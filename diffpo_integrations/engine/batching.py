@@ -39,7 +39,7 @@ import torch
 
 from diffpo_integrations.core.errors import ConfigurationError, EngineError
 
-from ._core import KVSession, argmax_ids, cache_keyword, model_device, model_lock, takes_logits_to_keep
+from ._core import Chooser, KVSession, argmax_ids, cache_keyword, model_device, model_lock, takes_logits_to_keep
 
 __all__ = [
     "BatchScheduler",
@@ -87,6 +87,7 @@ class _Feed:
     session: BatchSession
     tokens: list[int]
     n_logits: int
+    choose: Chooser | None = None
     fed: int = 0
     """Tokens already in the cache (a long feed is split over several passes)."""
     done: bool = False
@@ -199,8 +200,8 @@ class BatchScheduler:
 
     # -- called by sessions ---------------------------------------------------------------------
 
-    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int) -> list[int]:
-        request = _Feed(session, tokens, n_logits)
+    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int, choose: Chooser | None) -> list[int]:
+        request = _Feed(session, tokens, n_logits, choose)
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
@@ -313,7 +314,11 @@ class BatchScheduler:
             request.session.length += size
             request.session.forward_passes += 1
             if last:
-                request.result = preds[offset : offset + request.n_logits]
+                if request.choose is not None:
+                    # Sampling runs here, on the model thread, from this sequence's own logits.
+                    request.result = request.choose(logits[0, offset : offset + request.n_logits])
+                else:
+                    request.result = preds[offset : offset + request.n_logits]
                 offset += request.n_logits
                 finished.append(request)
         return finished
@@ -380,9 +385,9 @@ class BatchSession:
         self.pending_rollback = 0
         self.device = scheduler.device
 
-    def feed(self, tokens: Sequence[int], n_logits: int) -> list[int]:
-        """Append ``tokens`` in the next shared pass; the argmax at the last ``n_logits`` of them."""
-        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits)
+    def feed(self, tokens: Sequence[int], n_logits: int, choose: Chooser | None = None) -> list[int]:
+        """Append ``tokens`` in the next shared pass; the argmax (or ``choose``'s pick) at the last ``n_logits``."""
+        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits, choose)
 
     def rollback(self, n_tokens: int) -> None:
         """Hide the last ``n_tokens`` live tokens of this sequence (applied before its next pass)."""

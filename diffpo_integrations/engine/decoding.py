@@ -19,7 +19,7 @@ greedy decoding, so the three agree token for token (up to float rounding on exa
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from diffpo_integrations.core.errors import ConfigurationError
 from diffpo_integrations.core.types import DecodeMethod
 
 from ._core import (
+    Chooser,
     DecodeFinishReason,
     DecodeResult,
     Emitter,
@@ -78,15 +79,32 @@ def greedy(
     Raises:
         ValueError: On an empty prompt or a negative budget.
     """
+    return stepwise(model, input_ids, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, on_token=on_token)
+
+
+def stepwise(
+    model: Any,
+    input_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    stop_token_ids: Collection[int],
+    on_token: TokenCallback | None = None,
+    chooser: Callable[[list[int], Any], Chooser] | None = None,
+) -> DecodeResult:
+    """One prefill, then one pass per token; ``chooser(prompt, device)`` picks them (default: the argmax).
+
+    The loop shared by :func:`greedy` and :func:`~diffpo_integrations.engine.sampling.sample`.
+    """
     start = time.perf_counter()
     prompt = check_decode_args(input_ids, max_new_tokens)
     emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
     passes = 0
     if not emitter.done:
         with open_session(model) as session, torch.inference_mode():
-            token = session.feed(prompt, 1)[0]
+            choose = chooser(prompt, session.device) if chooser is not None else None
+            token = session.feed(prompt, 1, choose=choose)[0]
             while not emitter.push(token):
-                token = session.feed([token], 1)[0]
+                token = session.feed([token], 1, choose=choose)[0]
             passes = session.forward_passes
     return emitter.result(
         forward_passes=passes,

@@ -1,21 +1,17 @@
-"""OpenAI's wire shapes as the gateway writes them: error bodies, stream chunks and SSE framing."""
+"""OpenAI's wire shapes as the gateway writes them: error bodies, stream chunks and SSE framing.
+
+The shapes themselves live in :mod:`diffpo_integrations.wire`, shared with ``diffpo serve``.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from diffpo_integrations.wire.openai import openai_error
+from diffpo_integrations.wire.sse import sse_event as sse
+
 __all__ = ["GatewayError", "openai_error", "sse", "upstream_error_body"]
-
-
-def openai_error(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error body, which every OpenAI SDK turns into an exception showing ``message``.
-
-    Example:
-        >>> openai_error("bad key", "authentication_error")["error"]["message"]
-        'bad key'
-    """
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 class GatewayError(Exception):
@@ -53,9 +49,3 @@ def upstream_error_body(status: int, payload: Any, upstream: str) -> dict[str, A
         kind = "upstream_error"
     detail = detail.strip()[:500] or f"HTTP {status}"
     return openai_error(f"the upstream {upstream} answered HTTP {status}: {detail}", kind, code=str(status))
-
-
-def sse(payload: Any) -> bytes:
-    """One Server-Sent Event carrying ``payload`` as JSON (``[DONE]`` for the end marker)."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()

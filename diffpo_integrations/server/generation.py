@@ -9,10 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffpo_integrations.server.runtime import ModelRuntime
 from diffpo_integrations.server.worker import JobContext
+
+if TYPE_CHECKING:
+    from diffpo_integrations.engine.sampling import SamplingParams
 
 __all__ = [
     "GeneratedToken",
@@ -43,6 +46,10 @@ class GenerationSpec:
     """Fill ``GeneratedToken.logprob``."""
     prefill_logprobs: bool = False
     """Fill :attr:`GenerationResult.prefill` (TGI's ``decoder_input_details``)."""
+    top_n: int = 0
+    """Fill ``GeneratedToken.top`` with the ``top_n`` likeliest tokens at each step (implies ``token_logprobs``)."""
+    sampling: SamplingParams | None = None
+    """Choose tokens with these settings (one token per pass); ``None``: the engine's greedy ``method``."""
 
 
 @dataclass
@@ -54,6 +61,8 @@ class GeneratedToken:
     logprob: float | None
     special: bool
     last: bool = False
+    top: list[GeneratedToken] = field(default_factory=list)
+    """The likeliest tokens at this step, most likely first (TGI's ``top_tokens``)."""
 
     def tgi(self) -> dict[str, Any]:
         """TGI's JSON form."""
@@ -86,6 +95,8 @@ class GenerationResult:
     accepted_draft_tokens: int = 0
     prefill_tokens: int = 0
     elapsed_s: float = 0.0
+    seed: int | None = None
+    """The sampling seed (TGI's ``details.seed``); ``None`` when decoding was greedy."""
 
     @property
     def token_ids(self) -> list[int]:
@@ -126,7 +137,8 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
         ctx.check()
         start = time.perf_counter()
         texts = runtime.token_texts(spec.input_ids)
-        scorer = runtime.incremental_scorer(spec.input_ids) if spec.stream and spec.token_logprobs else None
+        wants_logprobs = spec.token_logprobs or spec.top_n > 0
+        scorer = runtime.incremental_scorer(spec.input_ids) if spec.stream and wants_logprobs else None
         eos = set(runtime.eos_token_ids)
         tokens: list[GeneratedToken] = []
         generated_text = ""
@@ -142,6 +154,8 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
             logprob = scorer.score(token_id) if scorer is not None else None
             last = last or stop is not None
             token = GeneratedToken(token_id, piece, logprob, runtime.is_special(token_id), last)
+            if scorer is not None and spec.top_n:
+                token.top = [_top_token(runtime, tid, lp) for tid, lp in scorer.top(spec.top_n)]
             tokens.append(token)
             if spec.stream:
                 ctx.emit(token)
@@ -149,6 +163,8 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
                 raise _StopSequenceHit(stop)
 
         result = GenerationResult(tokens=tokens, finish_reason="length", prefill_tokens=len(spec.input_ids))
+        if spec.sampling is not None and spec.sampling.do_sample:
+            result.seed = spec.sampling.seed
         try:
             outcome = runtime.generate(
                 spec.input_ids,
@@ -156,6 +172,7 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
                 method=spec.method,
                 max_new_tokens=spec.max_new_tokens,
                 on_token=on_token,
+                sampling=spec.sampling,
                 **spec.options,
             )
         except _StopSequenceHit as hit:
@@ -179,13 +196,20 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
     return run
 
 
+def _top_token(runtime: ModelRuntime, token_id: int, logprob: float) -> GeneratedToken:
+    return GeneratedToken(
+        token_id, runtime.decode([token_id], skip_special_tokens=False), logprob, runtime.is_special(token_id)
+    )
+
+
 def _add_logprobs(runtime: ModelRuntime, spec: GenerationSpec, result: GenerationResult) -> None:
-    need_tokens = spec.token_logprobs and not spec.stream and result.tokens
+    need_tokens = (spec.token_logprobs or spec.top_n > 0) and not spec.stream and result.tokens
     if not need_tokens and not spec.prefill_logprobs:
         return
     ids = spec.input_ids + result.token_ids
     start = 0 if spec.prefill_logprobs else len(spec.input_ids)
-    values = runtime.logprobs(ids, start)
+    top_n = spec.top_n if need_tokens else 0
+    values, tops = runtime.scores(ids, start, top_n)
     if spec.prefill_logprobs:
         prompt_values = values[: len(spec.input_ids)]
         result.prefill = [
@@ -193,5 +217,8 @@ def _add_logprobs(runtime: ModelRuntime, spec: GenerationSpec, result: Generatio
             for tid, lp in zip(spec.input_ids, prompt_values, strict=True)
         ]
     if need_tokens:
-        for token, lp in zip(result.tokens, values[len(spec.input_ids) - start :], strict=True):
+        first = len(spec.input_ids) - start
+        for i, (token, lp) in enumerate(zip(result.tokens, values[first:], strict=True)):
             token.logprob = lp
+            if top_n:
+                token.top = [_top_token(runtime, tid, value) for tid, value in tops[first + i]]

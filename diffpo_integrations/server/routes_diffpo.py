@@ -22,10 +22,10 @@ from diffpo_integrations.core.prompt import AlignPrompt
 from diffpo_integrations.core.templates import BUILTIN_TEMPLATES
 from diffpo_integrations.core.types import AlignRequest, AlignResult, coerce_messages
 from diffpo_integrations.server.errors import ApiError, error_body, validation_error
-from diffpo_integrations.server.routes_tgi import sse_event
 from diffpo_integrations.server.schemas import AlignBody
 from diffpo_integrations.server.state import ServerState, get_state
 from diffpo_integrations.server.worker import Job, JobContext
+from diffpo_integrations.wire.sse import sse_event
 
 __all__ = ["align_payload", "router"]
 

@@ -1,14 +1,17 @@
 """TGI's routes: ``/generate``, ``/generate_stream``, ``POST /``, ``/tokenize``, ``/health``, ``/info``, ``/metrics``.
 
 Wire shapes follow TGI's router (``router/src/server.rs``) so ``huggingface_hub.InferenceClient``
-works unchanged. Deviations: validation and overload errors of a stream are answered with their
+works unchanged. Sampling follows TGI's rules (see :mod:`.sampling`); token log-probabilities
+(``details``, ``decoder_input_details``, ``top_n_tokens``) are the model's own, before any
+sampling warper. Deviation: validation and overload errors of a stream are answered with their
 HTTP status before the stream starts (TGI sends them as the first SSE event with status 200;
-``huggingface_hub`` raises the same typed errors for both), and sampling is refused with 422.
+``huggingface_hub`` raises the same typed errors for both).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,42 +21,44 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from diffpo_integrations import __version__
 from diffpo_integrations.server.errors import ApiError, error_body, validation_error
 from diffpo_integrations.server.generation import GeneratedToken, GenerationResult, GenerationSpec
+from diffpo_integrations.server.sampling import MAX_BEST_OF, MAX_TOP_N_TOKENS, tgi_sampling
 from diffpo_integrations.server.schemas import GenerateBody, GenerateParameters, TokenizeBody
 from diffpo_integrations.server.state import RequestTimer, ServerState, get_state, new_timer
 from diffpo_integrations.server.worker import Job
+from diffpo_integrations.wire.sse import sse_event
 
 __all__ = ["router", "sse_event"]
 
 router = APIRouter()
 
-_SAMPLING = ("temperature", "top_k", "top_p", "typical_p")
-SAMPLING_MESSAGE = (
-    "sampling is not supported: the embedded server decodes greedily; "
-    "send do_sample=false and leave temperature, top_k, top_p and typical_p unset"
-)
-
-
-def sse_event(payload: Any) -> bytes:
-    """One server-sent event carrying ``payload`` as JSON."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
-
 
 def _refuse_unsupported(p: GenerateParameters) -> None:
-    """Refuse what greedy decoding on the embedded engine cannot honour, naming the option."""
-    if p.do_sample or any(getattr(p, name) is not None for name in _SAMPLING):
-        raise validation_error(SAMPLING_MESSAGE)
-    if p.best_of is not None and p.best_of != 1:
-        raise validation_error("`best_of` != 1 is not allowed for this endpoint")
-    if p.top_n_tokens:
-        raise validation_error("`top_n_tokens` != 0 is not allowed for this endpoint")
+    """Refuse what the embedded engine cannot honour, naming the option."""
     if p.grammar is not None:
-        raise validation_error("grammar is not supported")
+        raise validation_error(
+            "`grammar` is not supported by the embedded server: send the request without it", "grammar"
+        )
     if p.watermark:
-        raise validation_error("`watermark` is not supported by the embedded server")
-    if p.repetition_penalty not in (None, 1.0) or p.frequency_penalty not in (None, 0.0):
-        raise validation_error("`repetition_penalty` and `frequency_penalty` are not supported by the embedded server")
+        raise validation_error("`watermark` is not supported by the embedded server: send watermark=false", "watermark")
     if p.adapter_id:
-        raise validation_error("adapters (`adapter_id`) are not supported by the embedded server")
+        raise validation_error("adapters (`adapter_id`) are not supported by the embedded server", "adapter_id")
+    if p.top_n_tokens is not None and not 0 <= p.top_n_tokens <= MAX_TOP_N_TOKENS:
+        raise validation_error(
+            f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}. Given: {p.top_n_tokens}", "top_n_tokens"
+        )
+
+
+def _check_best_of(p: GenerateParameters, sampling: bool, stream: bool) -> int:
+    best_of = 1 if p.best_of is None else p.best_of
+    if best_of != 1 and stream:  # TGI checks this first, on its stream routes
+        raise validation_error("`best_of` != 1 is not supported when streaming tokens", "best_of")
+    if not 0 < best_of <= MAX_BEST_OF:
+        raise validation_error(f"`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {best_of}", "best_of")
+    if best_of > 1 and not sampling:
+        raise validation_error("you must use sampling when `best_of` is > 1", "best_of")
+    if best_of > 1 and p.seed is not None:
+        raise validation_error("`seed` must not be set when `best_of` > 1", "seed")
+    return best_of
 
 
 async def prepare_generation(
@@ -61,6 +66,8 @@ async def prepare_generation(
 ) -> GenerationSpec:
     """Validate a TGI request in TGI's order and tokenize it (special tokens added, as TGI always does)."""
     _refuse_unsupported(p)
+    sampling = tgi_sampling(p)
+    _check_best_of(p, sampling is not None and sampling.do_sample, stream)
     state.check_max_new_tokens(p.max_new_tokens)
     state.check_stops(p.stop)
     if not inputs:
@@ -84,8 +91,10 @@ async def prepare_generation(
         stop_sequences=list(p.stop),
         method=state.config.method,
         stream=stream,
-        token_logprobs=(state.config.stream_logprobs if stream else p.details),
+        token_logprobs=(state.config.stream_logprobs if stream else p.details or (p.best_of or 1) > 1),
         prefill_logprobs=p.decoder_input_details,
+        top_n=p.top_n_tokens or 0,
+        sampling=sampling,
     )
 
 
@@ -94,14 +103,21 @@ def _generated_text(state: ServerState, inputs: str, p: GenerateParameters, resu
     return inputs + text if p.return_full_text else text
 
 
-def _details(result: GenerationResult) -> dict[str, Any]:
-    return {
+def _details(result: GenerationResult, top_n: int) -> dict[str, Any]:
+    out = {
         "finish_reason": result.finish_reason,
         "generated_tokens": len(result.tokens),
-        "seed": None,
+        "seed": result.seed,
         "prefill": [t.tgi() for t in result.prefill or []],
         "tokens": [t.tgi() for t in result.tokens],
     }
+    if top_n:
+        out["top_tokens"] = [[top.tgi() for top in t.top] for t in result.tokens]
+    return out
+
+
+def _score(result: GenerationResult) -> float:
+    return sum(t.logprob or 0.0 for t in result.tokens)
 
 
 async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any], dict[str, str]]:
@@ -109,12 +125,28 @@ async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any
     timer = new_timer(state)
     p = body.parameters
     spec = await prepare_generation(state, body.inputs, p, timer, stream=False)
-    job = state.submit_generation(spec)
-    result = await state.wait(job, request)
-    state.record(result, job)
+    specs = [spec]
+    if spec.sampling is not None and (p.best_of or 1) > 1:
+        # best_of: independent draws sharing the batch, each with its own seed; TGI keeps the likeliest.
+        specs += [
+            dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, seed=spec.sampling.seed + i))
+            for i in range(1, p.best_of or 1)
+        ]
+    jobs = [state.submit_generation(s) for s in specs]
+    results = await asyncio.gather(*(state.wait(job, request) for job in jobs))
+    for job, result in zip(jobs, results, strict=True):
+        state.record(result, job)
+    best = max(range(len(results)), key=lambda i: _score(results[i]))
+    result, job = results[best], jobs[best]
     out: dict[str, Any] = {"generated_text": _generated_text(state, body.inputs, p, result)}
     if p.details or p.decoder_input_details:
-        out["details"] = _details(result)
+        out["details"] = _details(result, spec.top_n)
+        if len(results) > 1:
+            out["details"]["best_of_sequences"] = [
+                {"generated_text": _generated_text(state, body.inputs, p, other), **_details(other, spec.top_n)}
+                for i, other in enumerate(results)
+                if i != best
+            ]
     return out, timer.headers(job, len(result.tokens))
 
 
@@ -163,7 +195,7 @@ async def _stream_events(
                 # The final token goes out with the generated text, once the result is known.
                 held = token
                 continue
-            yield sse_event({"index": index, "token": token.tgi(), "generated_text": None, "details": None})
+            yield sse_event(_stream_event(index, token, None, None))
         result = await state.finish(job)
     except ApiError as exc:
         yield sse_event(error_body(exc.message, exc.error_type))
@@ -175,17 +207,20 @@ async def _stream_events(
         details = {
             "finish_reason": result.finish_reason,
             "generated_tokens": len(result.tokens),
-            "seed": None,
+            "seed": result.seed,
             "input_length": timer.prompt_tokens,
         }
-    yield sse_event(
-        {
-            "index": max(index, 1),
-            "token": final.tgi() if final else None,
-            "generated_text": _generated_text(state, body.inputs, p, result),
-            "details": details,
-        }
-    )
+    yield sse_event(_stream_event(max(index, 1), final, _generated_text(state, body.inputs, p, result), details))
+
+
+def _stream_event(
+    index: int, token: GeneratedToken | None, text: str | None, details: dict[str, Any] | None
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"index": index, "token": token.tgi() if token else None}
+    if token is not None and token.top:
+        event["top_tokens"] = [top.tgi() for top in token.top]
+    event.update({"generated_text": text, "details": details})
+    return event
 
 
 @router.post("/tokenize")
@@ -218,7 +253,7 @@ def info_payload(state: ServerState) -> dict[str, Any]:
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": state.config.max_concurrent_requests,
         "max_batch_size": state.worker.concurrency,
-        "max_best_of": 1,
+        "max_best_of": MAX_BEST_OF,
         "max_stop_sequences": state.config.max_stop_sequences,
         "max_input_tokens": state.max_input_tokens,
         "max_total_tokens": state.max_total_tokens,

@@ -150,9 +150,25 @@ class ModelRuntime:
         method: str,
         max_new_tokens: int,
         on_token: Callable[[int], None],
+        sampling: Any = None,
         **options: Any,
     ) -> DecodeOutcome:
-        """Greedy decoding through the engine; ``on_token`` may raise to stop early."""
+        """Decoding through the engine (greedy by ``method``, or :func:`sample` with ``sampling``).
+
+        ``on_token`` may raise to stop early. ``decode_fn`` (tests) replaces the greedy methods only.
+        """
+        if sampling is not None:
+            from diffpo_integrations.engine.sampling import sample
+
+            result: Any = sample(
+                self.model,
+                input_ids,
+                params=sampling,
+                max_new_tokens=max_new_tokens,
+                stop_token_ids=self.eos_token_ids,
+                on_token=on_token,
+            )
+            return _outcome(result, input_ids)
         if self._decode_fn is None:
             from diffpo_integrations.engine import decode as engine_decode
 
@@ -168,17 +184,16 @@ class ModelRuntime:
             on_token=on_token,
             **options,
         )
-        return DecodeOutcome(
-            tokens=[int(t) for t in result.tokens],
-            finish_reason=str(result.finish_reason),
-            forward_passes=int(getattr(result, "forward_passes", 0)),
-            accepted_draft_tokens=int(getattr(result, "accepted_draft_tokens", 0)),
-            prefill_tokens=int(getattr(result, "prefill_tokens", len(input_ids))),
-            elapsed_s=float(getattr(result, "elapsed_s", 0.0)),
-        )
+        return _outcome(result, input_ids)
 
     def logprobs(self, ids: Sequence[int], start: int) -> list[float | None]:
         """``log p(ids[i] | ids[:i])`` for every ``i >= start`` (``None`` for position 0), in one pass."""
+        return self.scores(ids, start)[0]
+
+    def scores(
+        self, ids: Sequence[int], start: int, top_n: int = 0
+    ) -> tuple[list[float | None], list[list[tuple[int, float]]]]:
+        """:meth:`logprobs`, and the ``top_n`` likeliest ``(id, logprob)`` at each of those positions, in one pass."""
         import torch
 
         from diffpo_integrations.engine._core import model_lock
@@ -187,14 +202,17 @@ class ModelRuntime:
             tensor = torch.tensor([list(ids)], dtype=torch.long, device=self._device())
             hidden = self._hidden_states(tensor)
             out: list[float | None] = [None] if start == 0 else []
+            tops: list[list[tuple[int, float]]] = [[]] if start == 0 else []
             first = max(start, 1)
             for lo in range(first, len(ids), _SCORE_CHUNK):
                 hi = min(lo + _SCORE_CHUNK, len(ids))
                 logits = self._project(hidden[0, lo - 1 : hi - 1])
                 targets = tensor[0, lo:hi].unsqueeze(-1)
-                values = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets).squeeze(-1)
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                values = logp.gather(-1, targets).squeeze(-1)
                 out.extend(_finite(v) for v in values.tolist())
-            return out
+                tops.extend(_top(row, top_n) for row in logp)
+            return out, tops
 
     def incremental_scorer(self, prompt_ids: Sequence[int]) -> IncrementalScorer:
         """A scorer that gives each generated token's log-probability as it arrives."""
@@ -251,6 +269,31 @@ class IncrementalScorer:
             value = torch.log_softmax(self._logits.float(), dim=-1)[token_id].item()
         self._pending = [token_id]
         return _finite(value)
+
+    def top(self, n: int) -> list[tuple[int, float]]:
+        """The ``n`` likeliest ``(id, logprob)`` at the step :meth:`score` just scored."""
+        import torch
+
+        return _top(torch.log_softmax(self._logits.float(), dim=-1), n)
+
+
+def _outcome(result: Any, input_ids: Sequence[int]) -> DecodeOutcome:
+    return DecodeOutcome(
+        tokens=[int(t) for t in result.tokens],
+        finish_reason=str(result.finish_reason),
+        forward_passes=int(getattr(result, "forward_passes", 0)),
+        accepted_draft_tokens=int(getattr(result, "accepted_draft_tokens", 0)),
+        prefill_tokens=int(getattr(result, "prefill_tokens", len(input_ids))),
+        elapsed_s=float(getattr(result, "elapsed_s", 0.0)),
+    )
+
+
+def _top(logprobs: Any, n: int) -> list[tuple[int, float]]:
+    """The ``n`` likeliest ``(id, logprob)`` of one row of log-probabilities, most likely first."""
+    if n <= 0:
+        return []
+    values, ids = logprobs.topk(n)
+    return [(int(i), _finite(float(v))) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
 
 
 def _finite(value: float) -> float:

@@ -87,6 +87,8 @@ class ServerState:
     def __init__(self, config: ServerConfig, runtime: ModelRuntime) -> None:
         self.config = config
         self.runtime = runtime
+        # An unknown --template fails the start, listing the built-ins, instead of the first request.
+        runtime.template(config.template)
         self.max_input_tokens, self.max_total_tokens, self.max_new_tokens_limit = config.resolved_limits(
             runtime.max_positions
         )

@@ -109,8 +109,14 @@ def test_llamaindex_openailike_through_the_gateway(gateway_url: str, server_url:
     from llama_index.llms.openai_like import OpenAILike
 
     _, want = _expected(server_url, QUESTIONS[3])
+    # temperature=0: OpenAILike's default (0.1) samples the upstream draft, which the reference does not.
     llm = OpenAILike(
-        api_base=gateway_url + "/v1", api_key="unused", model="smollm2", is_chat_model=True, max_tokens=MAX_TOKENS
+        api_base=gateway_url + "/v1",
+        api_key="unused",
+        model="smollm2",
+        is_chat_model=True,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
     )
     answer = llm.chat([ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=QUESTIONS[3])])
     assert answer.message.content == want

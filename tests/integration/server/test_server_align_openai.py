@@ -122,8 +122,12 @@ def test_chat_refuses_tools(base_url: str) -> None:
     r = httpx.post(f"{base_url}/v1/chat/completions", json=body)
     assert r.status_code == 422
     assert r.json() == {
-        "error": "tool calls are not supported by the embedded server: send the request without `tools`",
-        "error_type": "validation",
+        "error": {
+            "message": "tool calls are not supported by the embedded server: send the request without `tools`",
+            "type": "invalid_request_error",
+            "param": "tools",
+            "code": "validation",
+        }
     }
 
 

@@ -79,12 +79,26 @@ VALIDATION_CASES: list[tuple[str, dict[str, Any], str]] = [
         {"max_new_tokens": 2, "stop": ["a", "b", "c", "d", "e"]},
         "`stop` supports up to 4 stop sequences. Given: 5",
     ),
-    (
-        "do_sample",
-        {"max_new_tokens": 2, "do_sample": True},
-        "sampling is not supported: the embedded server decodes greedily; send do_sample=false and leave temperature, top_k, top_p and typical_p unset",
-    ),
+    ("zero temperature", {"max_new_tokens": 2, "temperature": 0.0}, "`temperature` must be strictly positive"),
+    ("top_p of one", {"max_new_tokens": 2, "top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
 ]
+
+
+def test_sampling_is_seeded_and_reported_through_the_hub_client(base_url: str, reference: Reference) -> None:
+    client = InferenceClient(base_url=base_url)
+
+    def draw(seed: int) -> Any:
+        return client.text_generation(
+            reference.prompt, max_new_tokens=12, do_sample=True, temperature=1.2, top_k=40, seed=seed, details=True
+        )
+
+    first = draw(7)
+    assert first.details.seed == 7
+    assert draw(7).generated_text == first.generated_text
+    streamed = client.text_generation(
+        reference.prompt, max_new_tokens=12, do_sample=True, temperature=1.2, top_k=40, seed=7, stream=True
+    )
+    assert "".join(streamed) == first.generated_text
 
 
 @pytest.mark.parametrize(("params", "message"), [c[1:] for c in VALIDATION_CASES], ids=[c[0] for c in VALIDATION_CASES])

@@ -487,9 +487,9 @@ def test_get_template_passes_template_objects_through() -> None:
 def test_unknown_name_without_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(ConfigurationError) as info:
-        get_template("mistral")
+        get_template("mistralai/Mistral-7B-Instruct-v0.3")
     assert str(info.value) == (
-        "template 'mistral' is not one of ['chatml', 'gemma', 'llama3', 'smollm2']; loading a tokenizer's own "
+        "template 'mistralai/Mistral-7B-Instruct-v0.3' is not one of ['chatml', 'gemma', 'llama3', 'smollm2']; loading a tokenizer's own "
         "template needs transformers: pip install 'diffpo-integrations[local]'"
     )
     assert isinstance(info.value.__cause__, ImportError)

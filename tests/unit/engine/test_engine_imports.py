@@ -8,7 +8,7 @@ import pytest
 
 import diffpo_integrations.engine as engine
 
-MODULES = ("_core", "aligning", "batching", "decoding", "loading", "packing", "speculation", "testing")
+MODULES = ("_core", "aligning", "batching", "decoding", "loading", "packing", "sampling", "speculation", "testing")
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -26,6 +26,7 @@ def test_package_exports() -> None:
         "DecodeMethod",
         "DecodeResult",
         "LoadedModel",
+        "SamplingParams",
         "SpeculationConfig",
         "TokenCallback",
         "decode",
@@ -34,6 +35,7 @@ def test_package_exports() -> None:
         "load_model",
         "pack_linear_weights",
         "reference_jacobi",
+        "sample",
         "smollm2_gguf_path",
         "speculative",
         "supports_batching",

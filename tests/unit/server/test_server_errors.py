@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -10,11 +11,6 @@ from fastapi.testclient import TestClient
 from server_fakes import Gate, TinyLoaded, make_client
 
 LONG = "Hello world! " * 60  # > 100 tokens with the tiny tokenizer
-
-SAMPLING = (
-    "sampling is not supported: the embedded server decodes greedily; "
-    "send do_sample=false and leave temperature, top_k, top_p and typical_p unset"
-)
 
 CASES: list[tuple[str, Any, str]] = [
     (
@@ -48,19 +44,57 @@ CASES: list[tuple[str, Any, str]] = [
         {"inputs": "Hello world! " * 15, "parameters": {"max_new_tokens": 64}},
         "`inputs` tokens + `max_new_tokens` must be <= 128. Given: 90 `inputs` tokens and 64 `max_new_tokens`",
     ),
-    ("do_sample", {"inputs": "Hi", "parameters": {"do_sample": True}}, SAMPLING),
-    ("temperature", {"inputs": "Hi", "parameters": {"temperature": 0.7}}, SAMPLING),
-    ("top_p", {"inputs": "Hi", "parameters": {"top_p": 0.9}}, SAMPLING),
-    ("best_of", {"inputs": "Hi", "parameters": {"best_of": 2}}, "`best_of` != 1 is not allowed for this endpoint"),
+    ("zero temperature", {"inputs": "Hi", "parameters": {"temperature": 0}}, "`temperature` must be strictly positive"),
+    ("top_p of one", {"inputs": "Hi", "parameters": {"top_p": 1.0}}, "`top_p` must be > 0.0 and < 1.0"),
+    ("typical_p of zero", {"inputs": "Hi", "parameters": {"typical_p": 0}}, "`typical_p` must be > 0.0 and < 1.0"),
+    ("top_k of zero", {"inputs": "Hi", "parameters": {"top_k": 0}}, "`top_k` must be strictly positive"),
     (
-        "top_n_tokens",
-        {"inputs": "Hi", "parameters": {"top_n_tokens": 3}},
-        "`top_n_tokens` != 0 is not allowed for this endpoint",
+        "repetition_penalty of zero",
+        {"inputs": "Hi", "parameters": {"repetition_penalty": 0}},
+        "`repetition_penalty` must be strictly positive",
+    ),
+    (
+        "frequency_penalty out of range",
+        {"inputs": "Hi", "parameters": {"frequency_penalty": 3}},
+        "`frequency_penalty` must be >= -2.0 and <= 2.0",
+    ),
+    ("greedy best_of", {"inputs": "Hi", "parameters": {"best_of": 2}}, "you must use sampling when `best_of` is > 1"),
+    (
+        "best_of over the limit",
+        {"inputs": "Hi", "parameters": {"best_of": 3, "do_sample": True}},
+        "`best_of` must be > 0 and <= 2. Given: 3",
+    ),
+    (
+        "best_of with a seed",
+        {"inputs": "Hi", "parameters": {"best_of": 2, "do_sample": True, "seed": 1}},
+        "`seed` must not be set when `best_of` > 1",
+    ),
+    (
+        "top_n_tokens over the limit",
+        {"inputs": "Hi", "parameters": {"top_n_tokens": 6}},
+        "`top_n_tokens` must be >= 0 and <= 5. Given: 6",
     ),
     (
         "grammar",
         {"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "a+"}}},
-        "grammar is not supported",
+        "`grammar` is not supported by the embedded server: send the request without it",
+    ),
+    (
+        "watermark",
+        {"inputs": "Hi", "parameters": {"watermark": True}},
+        "`watermark` is not supported by the embedded server: send watermark=false",
+    ),
+    (
+        "lone surrogate",
+        {"inputs": "Hi \ud800"},
+        "Failed to deserialize the JSON body into the target type: inputs: Value error, text is not valid UTF-8 text: "
+        "lone surrogate '\\ud800' at character 3; no tokenizer can encode it: send valid UTF-8 text",
+    ),
+    (
+        "lone surrogate in a stop",
+        {"inputs": "Hi", "parameters": {"stop": ["\udfff"]}},
+        "Failed to deserialize the JSON body into the target type: parameters.stop.0: Value error, text is not valid UTF-8 text: "
+        "lone surrogate '\\udfff' at character 0; no tokenizer can encode it: send valid UTF-8 text",
     ),
     (
         "truncate zero",
@@ -93,7 +127,10 @@ CASES: list[tuple[str, Any, str]] = [
 @pytest.mark.parametrize(("body", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("route", ["/generate", "/generate_stream", "/"])
 def test_invalid_input_is_a_tgi_validation_error(client: TestClient, route: str, body: Any, message: str) -> None:
-    r = client.post(route, json=body)
+    # ASCII JSON, as most clients send it: a lone surrogate travels as its escape, "\ud800".
+    r = client.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
+    if route == "/generate_stream" and isinstance(body, dict) and body.get("parameters", {}).get("best_of", 1) > 1:
+        message = "`best_of` != 1 is not supported when streaming tokens"
     assert r.status_code == 422
     assert r.json() == {"error": message, "error_type": "validation"}
 
@@ -115,7 +152,7 @@ def test_decoder_input_details_cannot_stream(client: TestClient) -> None:
 
 def test_server_keeps_serving_after_bad_input(client: TestClient) -> None:
     for body, _ in [c[1:] for c in CASES]:
-        client.post("/generate", json=body)
+        client.post("/generate", content=json.dumps(body), headers={"content-type": "application/json"})
     r = client.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
     assert r.status_code == 200
     assert isinstance(r.json()["generated_text"], str)
@@ -217,3 +254,48 @@ def test_model_failure_mid_stream_is_an_error_event(tiny: TinyLoaded) -> None:
         "error": "Request failed during generation: RuntimeError: device lost",
         "error_type": "generation",
     }
+
+
+def test_errors_leave_a_kept_alive_connection_open(tiny: TinyLoaded) -> None:
+    import http.client
+
+    from diffpo_integrations.server import ServerConfig, create_app
+    from diffpo_integrations.server.serve import serve_in_thread
+
+    app = create_app(tiny, ServerConfig(api_key=None))
+    with serve_in_thread(app) as base_url:
+        state = app.state.diffpo
+
+        def broken_spans(text: str) -> Any:
+            raise RuntimeError("tokenizer crashed")
+
+        state.runtime.spans = broken_spans
+        host, port = base_url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        headers = {"content-type": "application/json"}
+        answers = []
+        for path, body in [
+            ("/tokenize", '{"inputs": "Hi"}'),
+            ("/generate", '{"inputs": "\\ud800"}'),
+            ("/v1/completions", '{"prompt": "\\ud800"}'),
+            ("/nope", "{}"),
+            ("/generate", '{"inputs": "Hi", "parameters": {"max_new_tokens": 1}}'),
+        ]:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+            sock = conn.sock
+            assert sock is not None
+            assert response.getheader("connection") != "close"
+        conn.close()
+    assert answers[0] == (500, {"error": "internal server error: RuntimeError", "error_type": "internal"})
+    assert [status for status, _ in answers] == [500, 422, 422, 404, 200]
+    assert answers[2][1]["error"]["param"] == "prompt"
+
+
+def test_an_unknown_template_fails_the_start_listing_the_built_ins(tiny: TinyLoaded) -> None:
+    from diffpo_integrations.core import ConfigurationError
+
+    client = make_client(tiny, template="gemma2")
+    with pytest.raises(ConfigurationError, match=r"unknown template 'gemma2' \(did you mean 'gemma'\?\): use one of"):
+        client.__enter__()

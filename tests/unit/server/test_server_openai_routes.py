@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ def _chat_reference(tiny: TinyLoaded, n: int) -> tuple[list[int], list[int]]:
 
 def test_chat_completion_is_greedy_on_the_chat_template(client: TestClient, tiny: TinyLoaded) -> None:
     ids, tokens = _chat_reference(tiny, 6)
-    body = {"model": "any", "messages": MESSAGES, "max_tokens": 6, "temperature": 0.9}
+    body = {"model": "any", "messages": MESSAGES, "max_tokens": 6, "temperature": 0}
     out = client.post("/v1/chat/completions", json=body).json()
     assert out["object"] == "chat.completion"
     assert out["id"].startswith("chatcmpl-")
@@ -43,8 +44,8 @@ def test_chat_stream_joins_to_the_same_text_with_usage_last(client: TestClient) 
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "tool_calls": None}
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
     assert text == whole["choices"][0]["message"]["content"]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"] == []
@@ -74,33 +75,78 @@ def test_chat_stop_sequence_is_cut_from_the_text(tiny: TinyLoaded) -> None:
         assert out["choices"][0]["finish_reason"] == "stop"
         with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
             chunks = sse_payloads(r.iter_lines())[:-1]
-        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == "a"
+        assert "".join((ch["choices"][0]["delta"].get("content") or "") for ch in chunks) == "a"
         completion = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 10, "stop": ["bab"]}).json()
         assert completion["choices"][0]["text"] == "a"
         assert completion["choices"][0]["stop_reason"] == "bab"
 
 
+def _openai_error(message: str, param: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "validation"}}
+
+
+def _image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "message", "param"),
     [
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
             "tool calls are not supported by the embedded server: send the request without `tools`",
+            "tools",
         ),
-        ({"n": 2}, "`n` != 1 is not supported by the embedded server"),
-        ({"response_format": {"type": "json_object"}}, "`response_format` is not supported by the embedded server"),
-        ({"max_tokens": 0}, "`max_new_tokens` must be strictly positive"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5"),
+        ({"n": 2}, "`n` != 1 is not supported by the embedded server", "n"),
+        (
+            {"response_format": {"type": "json_object"}},
+            "`response_format` is not supported by the embedded server",
+            "response_format",
+        ),
+        ({"logit_bias": {"5": 10}}, "`logit_bias` is not supported by the embedded server", "logit_bias"),
+        ({"top_logprobs": 2}, "`top_logprobs` needs `logprobs: true`", "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 6}, "`top_logprobs` must be >= 0 and <= 5", "top_logprobs"),
+        ({"temperature": 3}, "`temperature` must be >= 0 and <= 2", "temperature"),
+        ({"top_p": 0}, "`top_p` must be > 0 and <= 1", "top_p"),
+        ({"frequency_penalty": -3}, "`frequency_penalty` must be >= -2 and <= 2", "frequency_penalty"),
+        (
+            {"messages": [{"role": "robot", "content": "Hi"}]},
+            "message 0 has role 'robot'; use 'system', 'developer', 'user' or 'assistant' (the embedded server has no tools)",
+            "messages.0.role",
+        ),
+        (
+            {"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]},
+            "message 0 has role 'tool'; use 'system', 'developer', 'user' or 'assistant' (the embedded server has no tools)",
+            "messages.0.role",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, _image("x.png")]}]},
+            "message 0 has a content part of type 'image_url'; the model reads text only: send text parts",
+            "messages.0.content.1.type",
+        ),
+        ({"max_tokens": 0}, "`max_new_tokens` must be strictly positive", "max_tokens"),
+        ({"max_completion_tokens": 0}, "`max_new_tokens` must be strictly positive", "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5", "stop"),
         (
             {"messages": []},
             "Failed to deserialize the JSON body into the target type: messages: List should have at least 1 item after validation, not 0",
+            "messages",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "\ud83d"}]},
+            "Failed to deserialize the JSON body into the target type: messages.0.content: Value error, text "
+            "is not valid UTF-8 text: lone surrogate '\\ud83d' at character 0; no tokenizer can encode it: send valid UTF-8 text",
+            "messages.0.content",
         ),
     ],
 )
-def test_chat_refusals_are_validation_errors(client: TestClient, extra: dict[str, Any], message: str) -> None:
-    r = client.post("/v1/chat/completions", json={"messages": MESSAGES, **extra})
+def test_chat_refusals_are_openai_shaped_and_name_the_parameter(
+    client: TestClient, extra: dict[str, Any], message: str, param: str | None
+) -> None:
+    body = json.dumps({"messages": MESSAGES, **extra})
+    r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert r.json() == {"error": message, "error_type": "validation"}
+    assert r.json() == _openai_error(message, param)
 
 
 def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded) -> None:
@@ -128,21 +174,68 @@ def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded)
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "message", "param"),
     [
-        ({"prompt": ""}, "`prompt` cannot be empty"),
-        ({"prompt": [5, 10**6]}, "`prompt` has token ids outside the vocabulary (0..399): [1000000]"),
-        ({"prompt": "Hi", "suffix": "x"}, "Suffix is not supported and can be achieved by preprocessing the prompt."),
-        ({"prompt": ["a"] * 5}, "Number of prompts exceeds the maximum allowed batch size of 4"),
-        ({"prompt": ["a", "b"], "stream": True}, "streaming takes one prompt at a time"),
-        ({"prompt": "Hi", "max_tokens": 10**6}, "`max_new_tokens` must be <= 64. Given: 1000000"),
+        ({"prompt": ""}, "`prompt` cannot be empty", "prompt"),
+        ({"prompt": [5, 10**6]}, "`prompt` has token ids outside the vocabulary (0..399): [1000000]", None),
+        (
+            {"prompt": "Hi", "suffix": "x"},
+            "Suffix is not supported and can be achieved by preprocessing the prompt.",
+            "suffix",
+        ),
+        ({"prompt": ["a"] * 5}, "Number of prompts exceeds the maximum allowed batch size of 4", None),
+        ({"prompt": ["a", "b"], "stream": True}, "streaming takes one prompt at a time", None),
+        ({"prompt": "Hi", "max_tokens": 10**6}, "`max_new_tokens` must be <= 64. Given: 1000000", "max_tokens"),
+        ({"prompt": "Hi", "best_of": 2}, "`best_of` != 1 is not supported by the embedded server", "best_of"),
+        ({"prompt": "Hi", "logprobs": 6}, "`logprobs` must be >= 0 and <= 5", "logprobs"),
+        (
+            {"prompt": ["Hi", "\udc00"]},
+            "Failed to deserialize the JSON body into the target type: prompt: Value error, text is not valid UTF-8 text: "
+            "lone surrogate '\\udc00' at character 0; no tokenizer can encode it: send valid UTF-8 text",
+            "prompt",
+        ),
     ],
 )
-def test_completion_refusals(client: TestClient, body: dict[str, Any], message: str) -> None:
-    r = client.post("/v1/completions", json=body)
+def test_completion_refusals(client: TestClient, body: dict[str, Any], message: str, param: str | None) -> None:
+    r = client.post("/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert r.json() == {"error": message, "error_type": "validation"}
+    assert r.json() == _openai_error(message, param)
 
 
 def test_models_lists_the_served_model(client: TestClient) -> None:
     assert client.get("/v1/models").json()["data"][0]["id"] == "tiny-llama"
+
+
+def test_a_failure_mid_stream_is_an_openai_error_event(tiny: TinyLoaded) -> None:
+    from server_fakes import make_client
+
+    def fails_after_one(model: Any, input_ids: Any, draft_ids: Any = None, **kw: Any) -> Any:
+        kw["on_token"](5)
+        raise RuntimeError("boom")
+
+    with make_client(tiny, decode_fn=fails_after_one) as c:
+        body = {"messages": MESSAGES, "max_tokens": 4, "stream": True}
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            events = sse_payloads(r.iter_lines())
+        with c.stream("POST", "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "stream": True}) as r:
+            completion_events = sse_payloads(r.iter_lines())
+    error = {
+        "error": {
+            "message": "Request failed during generation: RuntimeError: boom",
+            "type": "server_error",
+            "param": None,
+            "code": "generation",
+        }
+    }
+    assert events[-1] == error
+    assert completion_events[-1] == error
+
+
+def test_tgi_s_own_clients_get_their_chat_stream_without_done(client: TestClient) -> None:
+    # text-generation and LlamaIndex's TextGenerationInference send model "tgi" and json-parse every event.
+    for model, last in [("tgi", dict), ("gpt-4o", str)]:
+        body = {"model": model, "messages": MESSAGES, "max_tokens": 3, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            events = sse_payloads(r.iter_lines())
+        assert isinstance(events[-1], last), events[-1]
+        assert all(isinstance(e, dict) for e in events[:-1])
