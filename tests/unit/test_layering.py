@@ -12,15 +12,16 @@ PACKAGE = Path(__file__).resolve().parents[2] / "diffpo_integrations"
 # What each part may import from the package (besides itself). ``cli`` is the top: nothing imports it.
 ALLOWED = {
     "core": set(),
+    "wire": {"core"},
     "server_flags": {"core"},
     "engine": {"core"},
     "backends": {"core", "engine"},
-    "server": {"core", "engine", "backends", "server_flags"},
+    "server": {"core", "engine", "backends", "server_flags", "wire"},
     "langchain": {"core", "backends"},
     "llama_index": {"core", "backends"},
-    "gateway": {"core", "backends"},
+    "gateway": {"core", "backends", "wire"},
     "evaluation": {"core", "backends", "langchain", "llama_index", "data"},
-    "cli": {"core", "backends", "engine", "server", "server_flags", "gateway", "evaluation", "data"},
+    "cli": {"core", "backends", "engine", "server", "server_flags", "wire", "gateway", "evaluation", "data"},
 }
 
 
