@@ -144,7 +144,9 @@ def test_dead_aligner_fail_open_answers_the_draft_flagged(
     meta = (answer.model_extra or {})["diffpo"]
     assert answer.choices[0].message.content == draft
     assert meta["aligned"] is False
-    assert meta["error"].startswith(f"AlignerConnectionError: could not reach the aligner at {dead_url}")
+    # The gateway's own start-up health check may already have taken the dead member out of its pool.
+    assert meta["error"].startswith("AlignerConnectionError: ")
+    assert dead_url in meta["error"]
 
 
 def test_dead_aligner_fail_closed_is_a_502_the_sdk_shows(
@@ -155,7 +157,7 @@ def test_dead_aligner_fail_closed_is_a_502_the_sdk_shows(
         with pytest.raises(openai.APIStatusError) as info:
             gw.chat.completions.create(model="smollm2", messages=_messages(QUESTIONS[5]), max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
     assert info.value.status_code == 502
-    assert f"the aligner {dead_url} failed: AlignerConnectionError" in info.value.message
+    assert f"the aligner pool({dead_url}) failed: AlignerConnectionError: " in info.value.message
 
 
 def test_dead_upstream_is_a_502_naming_it(
