@@ -8,6 +8,7 @@ Tool calls, ``n > 1`` and structured output are refused with a TGI-shaped 422.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ from diffpo_integrations.server.generation import GenerationResult, GenerationSp
 from diffpo_integrations.server.routes_tgi import sse_event
 from diffpo_integrations.server.schemas import ChatBody, CompletionBody
 from diffpo_integrations.server.state import ServerState, get_state, new_timer
+from diffpo_integrations.server.stops import StopTrimmer
 from diffpo_integrations.server.worker import Job
 
 __all__ = ["StopTrimmer", "router"]
@@ -31,41 +33,6 @@ router = APIRouter()
 MAX_CLIENT_BATCH_SIZE = 4
 """Prompts one ``/v1/completions`` call may carry (each is generated in turn)."""
 _FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
-
-
-class StopTrimmer:
-    """Cuts generated text at the first stop sequence, holding back what may be the start of one.
-
-    Example:
-        >>> t = StopTrimmer(["END"])
-        >>> [t.feed(p) for p in ["Hi E", "N", "D more"]] + [t.flush()]
-        ['Hi ', '', '', '']
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self._buffer = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        """Add generated text; return what is safe to emit."""
-        if self.stopped:
-            return ""
-        self._buffer += piece
-        hits = [i for i in (self._buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self._buffer = self._buffer[: min(hits)], ""
-            return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self._buffer.endswith(s[:k])), default=0)
-        out = self._buffer[: len(self._buffer) - keep]
-        self._buffer = self._buffer[len(out) :]
-        return out
-
-    def flush(self) -> str:
-        """The held-back text once generation ended without completing a stop sequence."""
-        out, self._buffer = ("" if self.stopped else self._buffer), ""
-        return out
 
 
 def _refuse_unsupported(body: ChatBody | CompletionBody) -> None:
@@ -85,7 +52,11 @@ def _refuse_unsupported(body: ChatBody | CompletionBody) -> None:
 
 
 def _spec(state: ServerState, ids: list[int], body: ChatBody | CompletionBody, stream: bool) -> GenerationSpec:
-    max_new_tokens = state.check_lengths(len(ids), body.token_limit)
+    limit = body.token_limit
+    if limit is None and isinstance(body, CompletionBody):
+        # OpenAI's and vLLM's default for a completion (16), within the room the prompt leaves.
+        limit = max(1, min(state.config.default_completion_tokens, state.max_total_tokens - len(ids)))
+    max_new_tokens = state.check_lengths(len(ids), limit)
     return GenerationSpec(
         input_ids=ids,
         max_new_tokens=max_new_tokens,
@@ -101,10 +72,15 @@ def _check_common(state: ServerState, body: ChatBody | CompletionBody) -> None:
     state.check_stops(body.stop)
 
 
-def _text(state: ServerState, result: GenerationResult, stops: Sequence[str]) -> str:
+def _trimmed(result: GenerationResult, stops: Sequence[str]) -> str:
     trimmer = StopTrimmer(stops)
     text = trimmer.feed("".join("" if t.special else t.text for t in result.tokens))
     return text + trimmer.flush()
+
+
+async def _text(result: GenerationResult, stops: Sequence[str]) -> str:
+    """The answer text cut at its first stop, computed off the event loop (stops may be long)."""
+    return await asyncio.to_thread(_trimmed, result, stops)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -150,7 +126,7 @@ async def chat_completions(request: Request, body: ChatBody) -> Response:
         )
     result = await state.wait(job, request)
     state.record(result, job)
-    message = {"role": "assistant", "content": _text(state, result, body.stop)}
+    message = {"role": "assistant", "content": await _text(result, body.stop)}
     payload = {
         "id": ident,
         "object": "chat.completion",
@@ -184,7 +160,7 @@ async def _chat_events(
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return sse_event({**base, "choices": [choice]})
 
-    trimmer = StopTrimmer(body.stop)
+    trimmer = await asyncio.to_thread(StopTrimmer, body.stop)
     yield chunk({"role": "assistant", "content": ""})
     try:
         async for token in state.stream(job):
@@ -249,7 +225,7 @@ async def completions(request: Request, body: CompletionBody) -> Response:
         job = state.submit_generation(spec)
         result = await state.wait(job, request)
         state.record(result, job)
-        text = (_echo(state, prompt) if body.echo else "") + _text(state, result, body.stop)
+        text = (_echo(state, prompt) if body.echo else "") + await _text(result, body.stop)
         finish = _FINISH[result.finish_reason]
         choices.append(
             {
@@ -293,7 +269,7 @@ async def _completion_events(
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason}
         return sse_event({**base, "choices": [choice]})
 
-    trimmer = StopTrimmer(body.stop)
+    trimmer = await asyncio.to_thread(StopTrimmer, body.stop)
     if echo:
         yield chunk(echo)
     try:

@@ -8,6 +8,7 @@ HTTP status before the stream starts (TGI sends them as the first SSE event with
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -71,9 +72,7 @@ async def prepare_generation(
         )
     if stream and p.decoder_input_details:
         raise validation_error("`decoder_input_details` == true is not supported when streaming tokens")
-    ids = await state.encode(inputs)
-    if p.truncate is not None:
-        ids = ids[-p.truncate :]
+    ids = await state.encode(inputs, keep_last=p.truncate)
     max_new_tokens = state.check_lengths(len(ids), p.max_new_tokens)
     timer.prompt_tokens = len(ids)
     timer.characters = len(inputs)
@@ -112,7 +111,8 @@ async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any
     job = state.submit_generation(spec)
     result = await state.wait(job, request)
     state.record(result, job)
-    out: dict[str, Any] = {"generated_text": _generated_text(state, body.inputs, p, result)}
+    text = await asyncio.to_thread(_generated_text, state, body.inputs, p, result)
+    out: dict[str, Any] = {"generated_text": text}
     if p.details or p.decoder_input_details:
         out["details"] = _details(result)
     return out, timer.headers(job, len(result.tokens))
@@ -169,6 +169,7 @@ async def _stream_events(
         yield sse_event(error_body(exc.message, exc.error_type))
         return
     state.record(result, job)
+    text = await asyncio.to_thread(_generated_text, state, body.inputs, p, result)
     final = held or (result.tokens[-1] if result.tokens else None)
     details = None
     if p.details:
@@ -182,7 +183,7 @@ async def _stream_events(
         {
             "index": max(index, 1),
             "token": final.tgi() if final else None,
-            "generated_text": _generated_text(state, body.inputs, p, result),
+            "generated_text": text,
             "details": details,
         }
     )
@@ -192,7 +193,9 @@ async def _stream_events(
 async def tokenize(request: Request, body: TokenizeBody) -> Response:
     """TGI ``/tokenize``: ``[{id, text, start, stop}]`` with special tokens added (``start == stop == 0``)."""
     state = get_state(request)
-    spans = state.runtime.spans(body.inputs)
+    # Off the event loop: a long input takes seconds to tokenize, and /health must keep answering.
+    state.check_characters(body.inputs, state.max_total_tokens)
+    spans = await asyncio.to_thread(state.runtime.spans, body.inputs)
     return JSONResponse(
         [{"id": s.id, "text": body.inputs[s.start : s.stop], "start": s.start, "stop": s.stop} for s in spans]
     )

@@ -81,6 +81,11 @@ class ModelRuntime:
                 special.add(int(tid))
         self.special_ids = frozenset(int(t) for t in special)
         self._templates: dict[str, ChatTemplate] = {}
+        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
+        self.max_token_chars: int = max((len(str(t)) for t in vocab), default=0) or 64
+        """The longest token string of the vocabulary. A token covers at most this many characters
+        (a byte-level token at most this many bytes), so a text of ``n`` characters has at least
+        ``n / max_token_chars`` tokens: long inputs are refused before tokenizing them."""
 
     # -- facts ----------------------------------------------------------------------------------
 

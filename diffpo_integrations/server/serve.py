@@ -11,7 +11,7 @@ from typing import Any
 
 from diffpo_integrations.server.config import ServerConfig
 
-__all__ = ["run_server", "serve_in_thread"]
+__all__ = ["connection_options", "run_server", "serve_in_thread"]
 
 _GRACEFUL_SHUTDOWN_S = 10
 
@@ -34,7 +34,20 @@ def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
         port=cfg.port,
         log_level=cfg.log_level,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        **connection_options(cfg),
     )
+
+
+def connection_options(config: ServerConfig) -> dict[str, Any]:
+    """uvicorn settings for ``config``'s connection limits: head and idle timeouts, the connection cap."""
+    from diffpo_integrations.server.guards import guarded_protocol
+
+    return {
+        "http": guarded_protocol(config.header_timeout_s, config.max_connections),
+        "timeout_keep_alive": config.keep_alive_timeout_s,
+        # One incomplete request head may not grow past this (h11's own default is 16 KB).
+        "h11_max_incomplete_event_size": 64 * 1024,
+    }
 
 
 @contextmanager
@@ -64,6 +77,7 @@ def serve_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
+    app_config = getattr(getattr(app, "state", None), "config", None)
     config = uvicorn.Config(
         app,
         host=host,
@@ -71,6 +85,7 @@ def serve_in_thread(
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=graceful_shutdown_s,
+        **connection_options(app_config if isinstance(app_config, ServerConfig) else ServerConfig()),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="diffpo-uvicorn", daemon=True)
