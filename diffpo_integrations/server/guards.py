@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "guarded_protocol", "payload_too_large"]
+__all__ = ["BodyLimit", "connection_limits", "guarded_protocol", "payload_too_large"]
+
+_log = logging.getLogger(__name__)
+
+_RESERVED_FILES = 32
+"""File descriptors left to the process besides client connections (a served model holds about 10)."""
+_DEFAULT_BACKLOG = 2048
+"""uvicorn's listen backlog."""
 
 
 def payload_too_large(limit: int) -> bytes:
@@ -142,6 +150,38 @@ class _ConnectionGuard:
         if not self.transport.is_closing():
             # abort(): nothing useful is buffered for a connection that never sent a request.
             self.transport.abort()
+
+
+def connection_limits(max_connections: int) -> tuple[int, int]:
+    """``(connection cap, listen backlog)`` that fit under the process's open-file limit.
+
+    asyncio accepts up to ``backlog`` pending connections at each turn of the event loop, before the
+    guard sees any of them; a descriptor must be free for each, or accepting fails (``EMFILE``) and the server stops
+    accepting for a second at a time, health probes included. So the open connections plus one
+    burst of accepts must stay under ``ulimit -n``: the cap is lowered (with a warning) when it
+    does not leave room for that.
+    """
+    backlog = _DEFAULT_BACKLOG
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - platforms without rlimits
+        return max_connections, backlog
+    if soft == resource.RLIM_INFINITY:
+        return max_connections, backlog
+    room = max(4, soft - _RESERVED_FILES)
+    cap = min(max_connections, max(2, room // 2))
+    if cap < max_connections:
+        _log.warning(
+            "max_connections lowered from %d to %d to stay under the open-file limit (ulimit -n %d)",
+            max_connections,
+            cap,
+            soft,
+        )
+    # Accepted sockets wait up to a few loop turns before the guard sees them, and the listener may
+    # fire on each turn: a quarter of the free room per burst keeps several bursts under the limit.
+    return cap, max(2, min(backlog, (room - cap) // 4))
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[asyncio.Protocol]:

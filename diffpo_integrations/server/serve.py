@@ -40,10 +40,12 @@ def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
 
 def connection_options(config: ServerConfig) -> dict[str, Any]:
     """uvicorn settings for ``config``'s connection limits: head and idle timeouts, the connection cap."""
-    from diffpo_integrations.server.guards import guarded_protocol
+    from diffpo_integrations.server.guards import connection_limits, guarded_protocol
 
+    cap, backlog = connection_limits(config.max_connections)
     return {
-        "http": guarded_protocol(config.header_timeout_s, config.max_connections),
+        "http": guarded_protocol(config.header_timeout_s, cap),
+        "backlog": backlog,
         "timeout_keep_alive": config.keep_alive_timeout_s,
         # One incomplete request head may not grow past this (h11's own default is 16 KB).
         "h11_max_incomplete_event_size": 64 * 1024,
