@@ -218,7 +218,8 @@ class OpenAICompatAligner(BaseAligner):
     def _body(self, request: AlignRequest, prompt: AlignPrompt, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "prompt": prompt.ids if self.sends_token_ids else prompt.text,
-            "max_tokens": request.max_new_tokens,
+            # A text prompt stops before a character the cut splits: its kept tokens come again.
+            "max_tokens": _budget(request.max_new_tokens, 0 if self.sends_token_ids else prompt.split_tokens),
             "temperature": 0,
             "stop": [prompt.stop],
             "stream": stream,
@@ -422,3 +423,7 @@ class _StreamState:
             # Without usage in the stream, count the streamed pieces (one per token on vLLM).
             result = result.model_copy(update={"generated_tokens": sum(1 for p in self.pieces if p)})
         return result
+
+
+def _budget(max_new_tokens: int | None, split_tokens: int) -> int | None:
+    return None if max_new_tokens is None else max_new_tokens + split_tokens

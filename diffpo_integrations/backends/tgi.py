@@ -263,9 +263,11 @@ class TGIAligner(BaseAligner):
         texts = render_texts(template, request.messages, request.draft, mode=self.prompt_mode)
         return {"inputs": texts.full}
 
-    def _generation_kwargs(self, request: AlignRequest, template: ChatTemplate) -> dict[str, Any]:
+    def _generation_kwargs(self, request: AlignRequest, template: ChatTemplate, prompt: AlignPrompt) -> dict[str, Any]:
+        budget = request.max_new_tokens
         return {
-            "max_new_tokens": request.max_new_tokens,
+            # The text stops before a character the cut splits: its kept tokens are generated again.
+            "max_new_tokens": None if budget is None else budget + prompt.split_tokens,
             "do_sample": False,
             "stop": [template.end_of_turn],
             "details": True,
@@ -334,7 +336,7 @@ class TGIAligner(BaseAligner):
         )
         prompt = self._prompt(request, tokens, template)
         output = self.retry.call(
-            lambda: self.client.text_generation(prompt.text, **self._generation_kwargs(request, template)),
+            lambda: self.client.text_generation(prompt.text, **self._generation_kwargs(request, template, prompt)),
             self.endpoint,
         )
         return self._result_from_output(request, prompt, output)
@@ -355,7 +357,7 @@ class TGIAligner(BaseAligner):
         try:
             events = self.retry.call(
                 lambda: self.client.text_generation(
-                    prompt.text, stream=True, **self._generation_kwargs(request, template)
+                    prompt.text, stream=True, **self._generation_kwargs(request, template, prompt)
                 ),
                 self.endpoint,
             )
@@ -408,7 +410,9 @@ class TGIAligner(BaseAligner):
         )
         prompt = self._prompt(request, tokenized.json(), template)
         output = await self.retry.acall(
-            lambda: self.async_client.text_generation(prompt.text, **self._generation_kwargs(request, template)),
+            lambda: self.async_client.text_generation(
+                prompt.text, **self._generation_kwargs(request, template, prompt)
+            ),
             self.endpoint,
         )
         return self._result_from_output(request, prompt, output)
@@ -430,7 +434,7 @@ class TGIAligner(BaseAligner):
         try:
             events = await self.retry.acall(
                 lambda: self.async_client.text_generation(
-                    prompt.text, stream=True, **self._generation_kwargs(request, template)
+                    prompt.text, stream=True, **self._generation_kwargs(request, template, prompt)
                 ),
                 self.endpoint,
             )

@@ -19,7 +19,7 @@ greedy decoding, so the three agree token for token (up to float rounding on exa
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 import torch
@@ -105,6 +105,7 @@ def reference_jacobi(
     max_iter: int = 1000,
     pad_token_id: int | None = None,
     on_token: TokenCallback | None = None,
+    check: Callable[[], None] | None = None,
 ) -> DecodeResult:
     """The official DiffPO Jacobi loop, token for token (the test oracle).
 
@@ -139,6 +140,9 @@ def reference_jacobi(
             partially refined, non-converged blocks.
         pad_token_id: Filler for positions past the end of the draft.
         on_token: Called with each token once its block is final (per block, not per pass).
+        check: Called before every forward pass; raise from it to stop decoding. A block may take
+            up to ``max_iter + 1`` passes before ``on_token`` is called again, so a cancelled
+            request stops here within one pass instead of at the end of its block.
 
     Returns:
         The generated tokens and counters; ``accepted_draft_tokens`` counts output positions
@@ -168,6 +172,8 @@ def reference_jacobi(
             guess = [draft[i] if i < len(draft) else filler for i in range(offset, offset + size)]
             block = guess
             for _ in range(max_iter + 1):
+                if check is not None:
+                    check()
                 # Position j of the block is predicted from everything before it: the logits
                 # at positions len(sequence) - 1 ... len(sequence) + size - 2.
                 update = full_forward_argmax(model, sequence + block, size + 1)[:size]
@@ -203,6 +209,7 @@ def decode(
     chunk_size: int | None = None,
     config: SpeculationConfig | None = None,
     on_token: TokenCallback | None = None,
+    check: Callable[[], None] | None = None,
 ) -> DecodeResult:
     """Decode with the chosen method.
 
@@ -219,7 +226,9 @@ def decode(
         pad_token_id: Jacobi filler past the end of the draft.
         chunk_size: Speculative chunk size (``None``: adaptive).
         config: Speculative cost model.
-        on_token: Streaming hook.
+        on_token: Streaming hook; it may raise to stop decoding.
+        check: Cancellation hook for the Jacobi loop, called before each of its passes (the other
+            methods call ``on_token`` after every pass or two, which serves the same purpose).
 
     Returns:
         The method's :class:`DecodeResult`.
@@ -260,6 +269,7 @@ def decode(
             max_iter=max_iter,
             pad_token_id=pad_token_id,
             on_token=on_token,
+            check=check,
         )
     msg = f"unknown decoding method {method!r}; expected 'auto', 'greedy', 'speculative' or 'jacobi'"
     raise ValueError(msg)

@@ -149,6 +149,10 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
                 raise _StopSequenceHit(stop)
 
         result = GenerationResult(tokens=tokens, finish_reason="length", prefill_tokens=len(spec.input_ids))
+        options = dict(spec.options)
+        if spec.method == "jacobi":
+            # A Jacobi block may take many passes before its tokens come out: check between passes.
+            options["check"] = ctx.check
         try:
             outcome = runtime.generate(
                 spec.input_ids,
@@ -156,7 +160,7 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
                 method=spec.method,
                 max_new_tokens=spec.max_new_tokens,
                 on_token=on_token,
-                **spec.options,
+                **options,
             )
         except _StopSequenceHit as hit:
             result.finish_reason = "stop_sequence"

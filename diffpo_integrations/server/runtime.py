@@ -39,6 +39,11 @@ class TokenTexts:
 
     A token that ends inside a multi-byte character yields ``""`` until the character is complete;
     the final token flushes whatever is left, so the pieces always join to the decoded text.
+
+    When the context itself ends inside a character (a prompt of token ids cut mid-character), that
+    character belongs to the generated text: its first piece starts with the whole character, so
+    ``decode(context)`` without its incomplete tail, plus the pieces, is exactly
+    ``decode(context + generated)``.
     """
 
     def __init__(self, tokenizer: Any, context_ids: Sequence[int]) -> None:
@@ -46,6 +51,9 @@ class TokenTexts:
         self._ids = list(context_ids[-_CONTEXT_TOKENS:])
         self._prefix = 0
         self._read = len(self._ids)
+        context = str(tokenizer.decode(self._ids, skip_special_tokens=False)) if self._ids else ""
+        self._lead = len(context) - len(context.rstrip("\ufffd"))
+        """Characters of the context's incomplete tail, re-sent with the first piece."""
 
     def step(self, token_id: int, *, final: bool = False) -> str:
         """Add ``token_id`` and return the text it completes (``final``: all that is left, even a broken character)."""
@@ -53,9 +61,10 @@ class TokenTexts:
         decode = self._tokenizer.decode
         prefix_text = decode(self._ids[self._prefix : self._read], skip_special_tokens=False)
         new_text = decode(self._ids[self._prefix :], skip_special_tokens=False)
-        if len(new_text) > len(prefix_text) and (final or not new_text.endswith("\ufffd")):
-            self._prefix, self._read = self._read, len(self._ids)
-            return str(new_text[len(prefix_text) :])
+        start = len(prefix_text) - self._lead
+        if len(new_text) > start and (final or not new_text.endswith("\ufffd")):
+            self._prefix, self._read, self._lead = self._read, len(self._ids), 0
+            return str(new_text[start:])
         return ""
 
 

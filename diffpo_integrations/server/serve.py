@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -11,9 +12,11 @@ from typing import Any
 
 from diffpo_integrations.server.config import ServerConfig
 
-__all__ = ["connection_options", "run_server", "serve_in_thread"]
+__all__ = ["connection_options", "graceful_server", "run_server", "serve_in_thread"]
 
 _GRACEFUL_SHUTDOWN_S = 10
+_ERROR_MARGIN_S = 1.0
+"""Seconds before uvicorn's forced cancellation when unfinished generations are ended with an error."""
 
 
 def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
@@ -28,14 +31,44 @@ def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
     from diffpo_integrations.server.app import create_app
 
     cfg = config or ServerConfig()
-    uvicorn.run(
-        app if app is not None else create_app(cfg),
+    served = app if app is not None else create_app(cfg)
+    uvicorn_config = uvicorn.Config(
+        served,
         host=cfg.host,
         port=cfg.port,
         log_level=cfg.log_level,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         **connection_options(cfg),
     )
+    graceful_server(uvicorn_config, served).run()
+
+
+def graceful_server(config: Any, app: Any) -> Any:
+    """A ``uvicorn.Server`` whose shutdown ends unfinished generations with a proper error.
+
+    uvicorn gives requests in flight ``timeout_graceful_shutdown`` seconds, then cancels them: a
+    waiting request would get a plain-text 500 and a stream would be cut without a word. One second
+    before that, this server cancels the generations still running instead, so each request
+    answers TGI's ``incomplete_generation`` (a 500 JSON body, or the stream's last event) and the
+    client knows to retry elsewhere.
+    """
+    import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            grace = self.config.timeout_graceful_shutdown
+            state = getattr(getattr(app, "state", None), "diffpo", None)
+            handle = None
+            if grace is not None and state is not None:
+                loop = asyncio.get_running_loop()
+                handle = loop.call_later(max(0.0, grace - _ERROR_MARGIN_S), state.worker.cancel_admitted)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if handle is not None:
+                    handle.cancel()
+
+    return _GracefulServer(config)
 
 
 def connection_options(config: ServerConfig) -> dict[str, Any]:
@@ -89,7 +122,7 @@ def serve_in_thread(
         timeout_graceful_shutdown=graceful_shutdown_s,
         **connection_options(app_config if isinstance(app_config, ServerConfig) else ServerConfig()),
     )
-    server = uvicorn.Server(config)
+    server = graceful_server(config, app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="diffpo-uvicorn", daemon=True)
     thread.start()
     base_url = f"http://{host}:{bound_port}"

@@ -209,13 +209,22 @@ class ModelWorker:
         self._queue.put(job)
         return job
 
+    def cancel_admitted(self) -> int:
+        """Cancel every admitted job, running or waiting; return how many (thread-safe).
+
+        Each stops at its next check and its request answers ``incomplete_generation``.
+        """
+        with self._lock:
+            pending = list(self._pending)
+        for job in pending:
+            job.cancel()
+        return len(pending)
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, cancel the admitted ones, and join the threads."""
         with self._lock:
             self._closing = True
-            pending = list(self._pending)
-        for job in pending:
-            job.cancel()
+        self.cancel_admitted()
         for _ in self._threads:
             self._queue.put(None)
         if self._started:

@@ -282,3 +282,78 @@ def test_more_connections_than_the_file_limit_do_not_shut_out_health_probes() ->
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_a_cancelled_jacobi_alignment_stops_the_server_work(url: str) -> None:
+    import asyncio
+
+    from reliability_helpers import metric, wait_idle
+
+    from diffpo_integrations.backends import TGIAligner
+
+    aligner = TGIAligner(url, method="jacobi", max_new_tokens=400, max_retries=0)
+    before = metric(url, "diffpo_cancelled_requests_total")
+
+    async def leave_after_2_s() -> float:
+        task = asyncio.ensure_future(aligner.aalign([("user", "Count to fifty in words.")], "One, two, three."))
+        await asyncio.sleep(2.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await wait_idle(url, within_s=30)
+
+    freed = asyncio.run(leave_after_2_s())
+    print(f"\nJacobi alignment cancelled after 2 s: the server was idle {freed:.2f} s later")
+    assert metric(url, "diffpo_cancelled_requests_total") == before + 1
+
+
+def _sse_payloads(lines: list[str]) -> list[Any]:
+    import json
+
+    return [json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+def test_shutdown_ends_unfinished_generations_with_an_error_a_client_understands() -> None:
+    server = serve_in_thread(make_app(), graceful_shutdown_s=2)
+    base = server.__enter__()
+    results: dict[str, Any] = {}
+    started = threading.Event()
+
+    def whole() -> None:
+        body = {"inputs": "Count from one to one thousand in words.", "parameters": {"max_new_tokens": 1000}}
+        results["whole"] = httpx.post(f"{base}/generate", json=body, timeout=120)
+
+    def stream(name: str, path: str, body: dict[str, Any]) -> None:
+        lines: list[str] = []
+        with httpx.stream("POST", f"{base}{path}", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                lines.append(line)
+                started.set()
+        results[name] = _sse_payloads(lines)
+
+    prompt = "Count from one to one thousand in words."
+    threads = [
+        threading.Thread(target=whole),
+        threading.Thread(
+            target=stream,
+            args=("tgi", "/generate_stream", {"inputs": prompt, "parameters": {"max_new_tokens": 1000}}),
+        ),
+        threading.Thread(
+            target=stream,
+            args=("openai", "/v1/completions", {"prompt": prompt, "max_tokens": 1000, "stream": True}),
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        assert started.wait(120)
+        time.sleep(1.0)
+    finally:
+        server.__exit__(None, None, None)  # as SIGTERM does: should_exit, then the graceful period
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results["whole"].status_code == 500
+    assert results["whole"].json()["error_type"] == "incomplete_generation"
+    assert results["tgi"][-1]["error_type"] == "incomplete_generation"
+    assert "token" in results["tgi"][0]
+    assert results["openai"][-1].get("error") is not None
