@@ -37,7 +37,15 @@ from typing import Any
 
 import torch
 
-from ._core import KVSession, argmax_ids, cache_keyword, model_device, model_lock, takes_logits_to_keep
+from ._core import (
+    KVSession,
+    argmax_ids,
+    cache_keyword,
+    chosen_logprobs,
+    model_device,
+    model_lock,
+    takes_logits_to_keep,
+)
 
 __all__ = [
     "BatchScheduler",
@@ -85,10 +93,13 @@ class _Feed:
     session: BatchSession
     tokens: list[int]
     n_logits: int
+    logprobs: bool = False
+    """Also score the predictions (in the model thread, with the pass's own logits)."""
     fed: int = 0
     """Tokens already in the cache (a long feed is split over several passes)."""
     done: bool = False
     result: list[int] = field(default_factory=list)
+    result_logprobs: list[float] = field(default_factory=list)
     error: BaseException | None = None
 
 
@@ -197,8 +208,8 @@ class BatchScheduler:
 
     # -- called by sessions ---------------------------------------------------------------------
 
-    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int) -> list[int]:
-        request = _Feed(session, tokens, n_logits)
+    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int, logprobs: bool = False) -> list[int]:
+        request = _Feed(session, tokens, n_logits, logprobs)
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
@@ -206,6 +217,7 @@ class BatchScheduler:
                 self._cond.wait()
         if request.error is not None:
             raise request.error
+        session.last_logprobs = request.result_logprobs
         return request.result
 
     # -- the model thread -----------------------------------------------------------------------
@@ -312,6 +324,9 @@ class BatchScheduler:
             request.session.forward_passes += 1
             if last:
                 request.result = preds[offset : offset + request.n_logits]
+                if request.logprobs:
+                    mine = logits[:, offset : offset + request.n_logits, :]
+                    request.result_logprobs = chosen_logprobs(mine, request.result)
                 offset += request.n_logits
                 finished.append(request)
         return finished
@@ -377,10 +392,16 @@ class BatchSession:
         self.forward_passes = 0
         self.pending_rollback = 0
         self.device = scheduler.device
+        self.last_logprobs: list[float] = []
+        """Log-probabilities of the last :meth:`feed`'s predictions, when it was asked for them."""
 
-    def feed(self, tokens: Sequence[int], n_logits: int) -> list[int]:
-        """Append ``tokens`` in the next shared pass; the argmax at the last ``n_logits`` of them."""
-        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits)
+    def feed(self, tokens: Sequence[int], n_logits: int, logprobs: bool = False) -> list[int]:
+        """Append ``tokens`` in the next shared pass; the argmax at the last ``n_logits`` of them.
+
+        With ``logprobs`` each prediction is also scored in the same pass (:attr:`last_logprobs`):
+        a streamed generation gets its log-probabilities inside the batch, with no pass of its own.
+        """
+        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits, logprobs)
 
     def rollback(self, n_tokens: int) -> None:
         """Hide the last ``n_tokens`` live tokens of this sequence (applied before its next pass)."""

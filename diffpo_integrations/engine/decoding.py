@@ -28,6 +28,7 @@ from ._core import (
     DecodeResult,
     Emitter,
     FinishReason,
+    LogprobCallback,
     TokenCallback,
     check_decode_args,
     full_forward_argmax,
@@ -57,6 +58,7 @@ def greedy(
     max_new_tokens: int,
     stop_token_ids: Collection[int],
     on_token: TokenCallback | None = None,
+    on_logprob: LogprobCallback | None = None,
 ) -> DecodeResult:
     """Greedy decoding with a KV cache: one prefill, then one forward pass per token.
 
@@ -69,6 +71,8 @@ def greedy(
         max_new_tokens: Budget of generated tokens.
         stop_token_ids: Token ids that end decoding (kept in the output).
         on_token: Streaming hook called with each token as it is produced.
+        on_logprob: Called with each token's log-probability (from the pass that chose it) just
+            before ``on_token``.
 
     Returns:
         The generated tokens and counters.
@@ -78,13 +82,14 @@ def greedy(
     """
     start = time.perf_counter()
     prompt = check_decode_args(input_ids, max_new_tokens)
-    emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
+    emitter = Emitter(max_new_tokens, stop_token_ids, on_token, on_logprob)
+    scores = emitter.wants_logprobs
     passes = 0
     if not emitter.done:
         with open_session(model) as session, torch.inference_mode():
-            token = session.feed(prompt, 1)[0]
-            while not emitter.push(token):
-                token = session.feed([token], 1)[0]
+            token = session.feed(prompt, 1, scores)[0]
+            while not emitter.push(token, session.last_logprobs[0] if scores else None):
+                token = session.feed([token], 1, scores)[0]
             passes = session.forward_passes
     return emitter.result(
         forward_passes=passes,
@@ -210,6 +215,7 @@ def decode(
     config: SpeculationConfig | None = None,
     on_token: TokenCallback | None = None,
     check: Callable[[], None] | None = None,
+    on_logprob: LogprobCallback | None = None,
 ) -> DecodeResult:
     """Decode with the chosen method.
 
@@ -246,6 +252,7 @@ def decode(
             max_new_tokens=max_new_tokens,
             stop_token_ids=stop_token_ids,
             on_token=on_token,
+            on_logprob=on_logprob,
         )
     if method == "speculative":
         return speculative(
@@ -257,6 +264,7 @@ def decode(
             chunk_size=chunk_size,
             config=config,
             on_token=on_token,
+            on_logprob=on_logprob,
         )
     if method == "jacobi":
         return reference_jacobi(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffpo_integrations.server.runtime import ModelRuntime
+from diffpo_integrations.server.runtime import IncrementalScorer, ModelRuntime, finite_logprob
 from diffpo_integrations.server.worker import JobContext
 
 __all__ = [
@@ -126,10 +126,24 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
         ctx.check()
         start = time.perf_counter()
         texts = runtime.token_texts(spec.input_ids)
-        scorer = runtime.incremental_scorer(spec.input_ids) if spec.stream and spec.token_logprobs else None
+        scores = spec.stream and spec.token_logprobs
+        # The engine scores each streamed token in the pass that chose it (inside the batch); a
+        # decoder that reports no scores (Jacobi) gets a scorer of its own, one extra step a token.
+        reported: list[float] = []
+        scorer: IncrementalScorer | None = None
         eos = set(runtime.eos_token_ids)
         tokens: list[GeneratedToken] = []
         generated_text = ""
+
+        def score(token_id: int) -> float | None:
+            nonlocal scorer
+            if not scores:
+                return None
+            if reported:
+                return finite_logprob(reported.pop())
+            if scorer is None:
+                scorer = runtime.incremental_scorer(spec.input_ids)
+            return scorer.score(token_id)
 
         def on_token(token_id: int) -> None:
             nonlocal generated_text
@@ -139,7 +153,7 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
             seen = len(generated_text)
             generated_text += piece
             stop = find_stop(generated_text, seen, spec.stop_sequences) if piece else None
-            logprob = scorer.score(token_id) if scorer is not None else None
+            logprob = score(token_id)
             last = last or stop is not None
             token = GeneratedToken(token_id, piece, logprob, runtime.is_special(token_id), last)
             tokens.append(token)
@@ -150,6 +164,8 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
 
         result = GenerationResult(tokens=tokens, finish_reason="length", prefill_tokens=len(spec.input_ids))
         options = dict(spec.options)
+        if scores:
+            options["on_logprob"] = reported.append
         if spec.method == "jacobi":
             # A Jacobi block may take many passes before its tokens come out: check between passes.
             options["check"] = ctx.check

@@ -14,7 +14,7 @@ from typing import Any
 from diffpo_integrations.core.prompt import TokenSpan, hf_token_spans
 from diffpo_integrations.core.templates import ChatTemplate, TokenizerTemplate, get_template
 
-__all__ = ["DecodeOutcome", "IncrementalScorer", "ModelRuntime", "TokenTexts"]
+__all__ = ["DecodeOutcome", "IncrementalScorer", "ModelRuntime", "TokenTexts", "finite_logprob"]
 
 _CONTEXT_TOKENS = 5
 """Prompt tokens kept as context when decoding token texts (TGI's ``prefix_offset``)."""
@@ -207,7 +207,7 @@ class ModelRuntime:
                 logits = self._project(hidden[0, lo - 1 : hi - 1])
                 targets = tensor[0, lo:hi].unsqueeze(-1)
                 values = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets).squeeze(-1)
-                out.extend(_finite(v) for v in values.tolist())
+                out.extend(finite_logprob(v) for v in values.tolist())
             return out
 
     def incremental_scorer(self, prompt_ids: Sequence[int]) -> IncrementalScorer:
@@ -264,9 +264,10 @@ class IncrementalScorer:
                 self._pending = []
             value = torch.log_softmax(self._logits.float(), dim=-1)[token_id].item()
         self._pending = [token_id]
-        return _finite(value)
+        return finite_logprob(value)
 
 
-def _finite(value: float) -> float:
+def finite_logprob(value: float) -> float:
+    """``value``, or the smallest float for ``-inf`` (JSON has no infinities)."""
     # JSON has no -inf; the smallest float keeps the field a number and the order right.
     return value if math.isfinite(value) else -3.4028234663852886e38

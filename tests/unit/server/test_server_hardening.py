@@ -193,3 +193,41 @@ def test_connection_flags_reach_the_config() -> None:
     config = ServerConfig(**server_options(args))
     assert (config.max_body_bytes, config.header_timeout_s, config.keep_alive_timeout_s) == (4096, 2.5, 3.0)
     assert config.max_connections == 64
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_streamed_logprobs_come_from_the_decoding_passes(tiny: TinyLoaded, batch: int, monkeypatch: Any) -> None:
+    """With the real engine a stream is scored inside its own (batched) passes, not by a second model pass."""
+    import json
+
+    from server_fakes import reference_logprobs
+
+    from diffpo_integrations.server.runtime import ModelRuntime
+
+    def no_second_pass(self: Any, prompt_ids: Any) -> Any:
+        raise AssertionError("a streamed token was scored outside the decoding pass")
+
+    monkeypatch.setattr(ModelRuntime, "incremental_scorer", no_second_pass)
+    with make_client(tiny, decode_fn=None, max_batch_size=batch, method="greedy") as c:
+        body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 6}}
+        whole = c.post("/generate", json={**body, "parameters": {**body["parameters"], "details": True}}).json()
+        prompt_ids = [t["id"] for t in c.post("/tokenize", json={"inputs": "Hello world"}).json()]
+        events: list[Any] = []
+        threads = []
+        for _ in range(3):  # several streams at once share the batch
+
+            def run() -> None:
+                with c.stream("POST", "/generate_stream", json=body) as r:
+                    events.append([json.loads(x[5:]) for x in r.iter_lines() if x.startswith("data:")])
+
+            threads.append(threading.Thread(target=run))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    expected_ids = [t["id"] for t in whole["details"]["tokens"]]
+    want = reference_logprobs(tiny.model, prompt_ids + expected_ids, len(prompt_ids))
+    assert len(events) == 3
+    for stream in events:
+        assert [e["token"]["id"] for e in stream] == expected_ids
+        assert [e["token"]["logprob"] for e in stream] == pytest.approx(want, abs=1e-4)
