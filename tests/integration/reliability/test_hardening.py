@@ -158,12 +158,16 @@ def test_an_oversized_body_is_refused_before_it_is_read_whole(url: str) -> None:
 
 
 def test_ten_megabyte_bodies_leave_memory_flat(url: str) -> None:
+    # A valid request: without the limit the server would parse it and tokenize 10 MB of digits.
+    head, tail = b'{"inputs": "', b'"}'
+    body = head + b"0123456789 " * ((10 * MB - len(head) - len(tail)) // 11) + tail
+
     def send_10mb(results: list[str]) -> None:
         with _raw(_port(url)) as sock:
-            sock.sendall(_head("/generate", 10 * MB))
+            sock.sendall(_head("/generate", len(body)))
             try:
-                for _ in range(160):  # 10 MB in 64 KB pieces, until the server closes
-                    sock.sendall(b"a" * 65_536)
+                for start in range(0, len(body), 65_536):  # until the server closes
+                    sock.sendall(body[start : start + 65_536])
             except OSError:
                 pass
             try:
@@ -307,6 +311,10 @@ def test_a_cancelled_jacobi_alignment_stops_the_server_work(url: str) -> None:
     assert metric(url, "diffpo_cancelled_requests_total") == before + 1
 
 
+_COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+"""A raw prompt the model keeps continuing: no end of turn within 1000 tokens."""
+
+
 def _sse_payloads(lines: list[str]) -> list[Any]:
     import json
 
@@ -320,7 +328,7 @@ def test_shutdown_ends_unfinished_generations_with_an_error_a_client_understands
     started = threading.Event()
 
     def whole() -> None:
-        body = {"inputs": "Count from one to one thousand in words.", "parameters": {"max_new_tokens": 1000}}
+        body = {"inputs": _COUNTING, "parameters": {"max_new_tokens": 1000}}
         results["whole"] = httpx.post(f"{base}/generate", json=body, timeout=120)
 
     def stream(name: str, path: str, body: dict[str, Any]) -> None:
@@ -331,7 +339,7 @@ def test_shutdown_ends_unfinished_generations_with_an_error_a_client_understands
                 started.set()
         results[name] = _sse_payloads(lines)
 
-    prompt = "Count from one to one thousand in words."
+    prompt = _COUNTING
     threads = [
         threading.Thread(target=whole),
         threading.Thread(
