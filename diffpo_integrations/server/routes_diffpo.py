@@ -69,6 +69,8 @@ def _prepare(state: ServerState, body: AlignBody) -> _Prepared:
             msg = f"unknown template {body.template!r}: use one of {sorted(BUILTIN_TEMPLATES)} or leave it out"
             raise validation_error(msg)
         options["template"] = body.template
+    # The conversation alone must fit the input: refuse one that cannot before tokenizing it.
+    state.check_characters("".join(m.content for m in body.messages))
     try:
         aligner = _base_aligner(state).with_options(**options)
         request = AlignRequest(

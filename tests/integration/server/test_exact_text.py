@@ -139,3 +139,15 @@ def test_openai_completions_with_token_ids_give_the_official_text(base_url: str,
         return whole, "".join(c.text for c in aligner.stream(MESSAGES, draft))
 
     _check_all(loaded, align)
+
+
+def test_openai_completions_with_text_end_their_prompt_on_a_character(base_url: str, loaded: Any) -> None:
+    def align(draft: str, keep: int) -> tuple[str, str]:
+        aligner = OpenAICompatAligner(
+            base_url, template="smollm2", use_token_ids=False, keep_prefix_tokens=keep, max_new_tokens=NEW_TOKENS
+        )
+        assert not aligner.sends_token_ids
+        whole = aligner.align(MESSAGES, draft).text
+        return whole, "".join(c.text for c in aligner.stream(MESSAGES, draft))
+
+    _check_all(loaded, align, _official_from_text)

@@ -231,3 +231,12 @@ def test_streamed_logprobs_come_from_the_decoding_passes(tiny: TinyLoaded, batch
     for stream in events:
         assert [e["token"]["id"] for e in stream] == expected_ids
         assert [e["token"]["logprob"] for e in stream] == pytest.approx(want, abs=1e-4)
+
+
+def test_an_align_conversation_that_cannot_fit_is_refused_before_tokenizing(tiny: TinyLoaded) -> None:
+    with make_client(tiny, max_input_tokens=20, max_total_tokens=40) as c:
+        limit = 21 * c.app.state.diffpo.runtime.max_token_chars
+        body = {"messages": [{"role": "user", "content": "a" * limit}], "draft": "Hi", "max_new_tokens": 1}
+        r = c.post("/diffpo/align", json=body)
+        assert r.status_code == 422
+        assert r.json()["error"] == "`inputs` must have less than 20 tokens. Given: at least 21"
