@@ -299,7 +299,7 @@ class KVSession:
         self.last_logprobs: list[float] = []
         """Log-probabilities of the last :meth:`feed`'s predictions, when it was asked for them."""
 
-    def feed(self, tokens: Sequence[int], n_logits: int, logprobs: bool = False) -> list[int]:
+    def feed(self, tokens: Sequence[int], n_logits: int, *, logprobs: bool = False) -> list[int]:
         """Run the model over ``tokens`` after the cached ones.
 
         Args:

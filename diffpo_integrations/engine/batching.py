@@ -208,8 +208,8 @@ class BatchScheduler:
 
     # -- called by sessions ---------------------------------------------------------------------
 
-    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int, logprobs: bool = False) -> list[int]:
-        request = _Feed(session, tokens, n_logits, logprobs)
+    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int, *, logprobs: bool = False) -> list[int]:
+        request = _Feed(session, tokens, n_logits, logprobs=logprobs)
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
@@ -395,13 +395,13 @@ class BatchSession:
         self.last_logprobs: list[float] = []
         """Log-probabilities of the last :meth:`feed`'s predictions, when it was asked for them."""
 
-    def feed(self, tokens: Sequence[int], n_logits: int, logprobs: bool = False) -> list[int]:
+    def feed(self, tokens: Sequence[int], n_logits: int, *, logprobs: bool = False) -> list[int]:
         """Append ``tokens`` in the next shared pass; the argmax at the last ``n_logits`` of them.
 
         With ``logprobs`` each prediction is also scored in the same pass (:attr:`last_logprobs`):
         a streamed generation gets its log-probabilities inside the batch, with no pass of its own.
         """
-        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits, logprobs)
+        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits, logprobs=logprobs)
 
     def rollback(self, n_tokens: int) -> None:
         """Hide the last ``n_tokens`` live tokens of this sequence (applied before its next pass)."""

@@ -87,9 +87,9 @@ def greedy(
     passes = 0
     if not emitter.done:
         with open_session(model) as session, torch.inference_mode():
-            token = session.feed(prompt, 1, scores)[0]
+            token = session.feed(prompt, 1, logprobs=scores)[0]
             while not emitter.push(token, session.last_logprobs[0] if scores else None):
-                token = session.feed([token], 1, scores)[0]
+                token = session.feed([token], 1, logprobs=scores)[0]
             passes = session.forward_passes
     return emitter.result(
         forward_passes=passes,

@@ -395,7 +395,7 @@ def speculative(
                 guess = None if cursor.confirmed else cursor.guess_accuracy
                 want = choose_chunk(cursor.acceptance, min(limit, cfg.max_chunk), cfg, guess_accuracy=guess)
             cand = _cut_after_stop(cursor.candidates(min(want, limit)), emitter.stop_token_ids)
-            preds = session.feed(feed + cand, len(cand) + 1, scores)
+            preds = session.feed(feed + cand, len(cand) + 1, logprobs=scores)
             k = _matching_prefix(preds, cand)
             session.rollback(len(cand) - k)
             finished = False
