@@ -71,7 +71,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         dest="header_timeout_s",
         type=float,
         default=None,
-        help="seconds a connection may take to send a request head (default 10)",
+        help="seconds a connection may take to send a request head, or stay silent in a body (default 10)",
     )
     parser.add_argument(
         "--keep-alive-timeout",

@@ -103,7 +103,8 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     """Largest request body; a longer one is answered 413 before it is read whole (TGI's 2 MB by default)."""
     header_timeout_s: float = Field(default=10.0, gt=0)
-    """Seconds a connection may take to send a complete request head; then it is closed."""
+    """Seconds a connection may take to send a complete request head, or stay silent while sending a
+    body; then it is closed."""
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)
     """Seconds an idle keep-alive connection stays open between requests (uvicorn's ``timeout_keep_alive``)."""
     max_connections: int = Field(default=256, ge=2)

@@ -6,7 +6,8 @@
   than the limit per request.
 - :func:`guarded_protocol` builds uvicorn's HTTP protocol with a request-head timeout and a cap on
   open connections. A connection that has not sent a complete request head within
-  ``header_timeout_s`` (slowloris, a half-open socket) is closed; when a new connection would pass
+  ``header_timeout_s`` (slowloris, a half-open socket), or falls silent that long while sending a
+  body, is closed; when a new connection would pass
   ``max_connections``, the connection that has waited longest without a request is closed to make
   room (the newcomer when every connection is busy). A health probe therefore always gets in, and
   the process never runs out of file descriptors while the cap is below ``ulimit -n``.
@@ -138,6 +139,10 @@ class _ConnectionGuard:
         self._head_wait_since = self.loop.time()
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._head_timeout)
 
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
+        super().data_received(data)  # type: ignore[misc]
+
     def _awaiting_head(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
 
@@ -145,6 +150,16 @@ class _ConnectionGuard:
         self._head_timer = None
         if self._awaiting_head():
             self._drop()
+            return
+        if getattr(self.cycle, "more_body", False):
+            # The body is still coming: a client that stops sending it holds the connection
+            # (and its request) as long as a silent head would, so the same limit applies to
+            # every silence between its pieces.
+            silent = self.loop.time() - getattr(self, "_last_data", self._head_wait_since)
+            if silent >= self.header_timeout_s:
+                self._drop()
+            else:
+                self._head_timer = self.loop.call_later(self.header_timeout_s - silent, self._head_timeout)
 
     def _drop(self) -> None:
         if not self.transport.is_closing():

@@ -226,6 +226,12 @@ def test_idle_and_slow_connections_are_closed_and_health_still_answers() -> None
             print(f"\nslow request head closed after {closed_after} s (header timeout 2 s)")
             assert closed_after is not None
             assert closed_after < 6
+        with _raw(port) as silent:
+            # A body that stops coming: the connection is closed after the same timeout.
+            silent.sendall(_head("/generate", 1000) + b'{"inputs": "')
+            started = time.monotonic()
+            assert _closed_by_peer(silent, within_s=8)
+            print(f"silent request body closed after {time.monotonic() - started:.1f} s")
 
 
 def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
