@@ -207,7 +207,10 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
     def _body(self, request: AlignRequest, prompt: AlignPrompt, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "prompt": prompt.ids if self.sends_token_ids else prompt.text,
-            "max_tokens": request.max_new_tokens,
+            # A text prompt stops before a character the cut splits: its kept tokens come again.
+            "max_tokens": request.max_new_tokens
+            if self.sends_token_ids
+            else prompt.text_budget(request.max_new_tokens),
             "temperature": 0,
             "stop": [prompt.stop],
             "stream": stream,

@@ -251,7 +251,8 @@ class TGIAligner(TransportCalls, BaseAligner):
 
     def _generate_body(self, request: AlignRequest, prompt: AlignPrompt, *, stream: bool) -> dict[str, Any]:
         parameters = {
-            "max_new_tokens": request.max_new_tokens,
+            # The text stops before a character the cut splits: its kept tokens are generated again.
+            "max_new_tokens": prompt.text_budget(request.max_new_tokens),
             "do_sample": False,
             "stop": [prompt.stop],
             "details": True,

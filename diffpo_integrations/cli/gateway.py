@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from diffpo_integrations.cli._common import fail
+from diffpo_integrations.server_flags import read_api_key_file
 
 __all__ = ["config_from_args", "register", "run"]
 
@@ -77,7 +79,7 @@ def register(sub: Any) -> None:
 
 def _client_key(args: argparse.Namespace) -> str | None:
     if args.api_key_file is not None:
-        return str(args.api_key_file.read_text(encoding="utf-8").strip()) or None
+        return read_api_key_file(args.api_key_file)
     return args.api_key or os.environ.get(_CLIENT_KEY_ENV) or None
 
 
@@ -131,9 +133,16 @@ def run(args: argparse.Namespace) -> int:
         from diffpo_integrations.gateway import run_gateway
     except ImportError as exc:
         return fail(f"diffpo gateway needs the gateway extra: pip install 'diffpo-integrations[gateway]' ({exc})")
+    if args.api_key is not None:
+        print(
+            f"diffpo: warning: --api-key shows the key in the process list; prefer --api-key-file or ${_CLIENT_KEY_ENV}",
+            file=sys.stderr,
+        )
     try:
         config = config_from_args(args)
     except ValidationError as exc:
         return fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    except ValueError as exc:  # an unreadable or empty key file
+        return fail(str(exc))
     run_gateway(config)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from diffpo_integrations.cli._common import fail
@@ -31,5 +32,14 @@ def run(args: argparse.Namespace) -> int:
         from diffpo_integrations.server import ServerConfig, run_server
     except ImportError as exc:
         return fail(f"serving needs the server extra: pip install 'diffpo-integrations[server]' ({exc})")
-    run_server(ServerConfig(**server_options(args, ServerConfig.model_fields)))
+    if args.api_key is not None:
+        print(
+            "diffpo: warning: --api-key shows the key in the process list; prefer --api-key-file or DIFFPO_API_KEY",
+            file=sys.stderr,
+        )
+    try:
+        config = ServerConfig(**server_options(args, ServerConfig.model_fields))
+    except ValueError as exc:
+        return fail(str(exc))
+    run_server(config)
     return 0

@@ -87,6 +87,20 @@ class AlignPrompt:
     """The rest of the templated draft after the fixed prompt: the speed hint for a local engine."""
     stop: str = ""
     """The template's end-of-turn token."""
+    split_tokens: int = 0
+    """Kept tokens that hold part of a character the cut splits (its other bytes come after the cut).
+    ``ids`` keeps them, as the official script does; ``text`` and ``kept_text`` stop before that
+    character, since text cannot hold half of one. A server given ``text`` must generate these
+    tokens again: ask it for :meth:`text_budget` tokens."""
+
+    def text_budget(self, max_new_tokens: int | None) -> int | None:
+        """Tokens to ask of a server given ``text``: ``max_new_tokens`` plus the split character's tokens.
+
+        Example:
+            >>> AlignPrompt("p", [1], 1, 0, "", 0, split_tokens=2).text_budget(10)
+            12
+        """
+        return None if max_new_tokens is None else max_new_tokens + self.split_tokens
 
 
 def render_texts(template: ChatTemplate, messages: Sequence[Message], draft: str, *, mode: PromptMode) -> PromptTexts:
@@ -158,15 +172,22 @@ def build_prompt(
     fixed = spans[:end]
     cut = fixed[-1].stop if fixed else 0
     kept_start = spans[prompt_tokens].start if kept else cut
+    text_cut, split = cut, 0
+    if kept and end < len(spans) and spans[end].start < cut:
+        # The next token holds more bytes of the last kept character (a CJK character or an emoji
+        # over several byte-level tokens share one character span): the text ends before it.
+        text_cut = max(kept_start, spans[end].start)
+        split = sum(1 for s in fixed[prompt_tokens:] if s.stop > text_cut)
     return AlignPrompt(
-        text=texts.full[:cut],
+        text=texts.full[:text_cut],
         ids=[s.id for s in fixed],
         prompt_tokens=prompt_tokens,
         kept_tokens=kept,
-        kept_text=texts.full[kept_start:cut],
+        kept_text=texts.full[kept_start:text_cut],
         kept_draft_tokens=sum(1 for s in fixed[prompt_tokens:] if s.start >= texts.draft_start),
         draft_ids=[s.id for s in spans[end:]],
         stop=stop,
+        split_tokens=split,
     )
 
 

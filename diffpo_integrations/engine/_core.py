@@ -23,6 +23,7 @@ __all__ = [
     "DecodeFinishReason",
     "TokenCallback",
     "argmax_ids",
+    "chosen_logprobs",
     "cache_keyword",
     "check_decode_args",
     "Chooser",
@@ -38,6 +39,8 @@ __all__ = [
 
 TokenCallback = Callable[[int], None]
 """Streaming hook: called with each newly accepted token id, in order."""
+LogprobCallback = Callable[[float], None]
+"""Scoring hook: called with each accepted token's log-probability, just before ``on_token``."""
 
 Chooser = Callable[[torch.Tensor], list[int]]
 """Picks tokens from ``[positions, vocab]`` logits (sampling); the passes default to the argmax."""
@@ -99,6 +102,8 @@ class Emitter:
         max_new_tokens: Budget of generated tokens.
         stop_token_ids: Token ids that end decoding.
         on_token: Optional streaming hook called with each token as it is accepted.
+        on_logprob: Optional hook called with each token's log-probability before ``on_token``;
+            the decoding loops then ask their passes for it (:attr:`wants_logprobs`).
     """
 
     def __init__(
@@ -106,11 +111,13 @@ class Emitter:
         max_new_tokens: int,
         stop_token_ids: Collection[int],
         on_token: TokenCallback | None = None,
+        on_logprob: LogprobCallback | None = None,
     ) -> None:
         self.tokens: list[int] = []
         self.max_new_tokens = max_new_tokens
         self.stop_token_ids = frozenset(int(t) for t in stop_token_ids)
         self.on_token = on_token
+        self.on_logprob = on_logprob
         # A zero budget is finished before any pass runs.
         self.finish_reason: DecodeFinishReason | None = "length" if max_new_tokens == 0 else None
 
@@ -124,16 +131,24 @@ class Emitter:
         """Tokens still allowed by the budget."""
         return self.max_new_tokens - len(self.tokens)
 
-    def push(self, token: int) -> bool:
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether the loop should score the tokens it pushes (someone listens to ``on_logprob``)."""
+        return self.on_logprob is not None
+
+    def push(self, token: int, logprob: float | None = None) -> bool:
         """Append one token.
 
         Args:
             token: The token id.
+            logprob: Its log-probability, when the pass that chose it was asked for it.
 
         Returns:
             True when decoding must stop after this token.
         """
         self.tokens.append(token)
+        if self.on_logprob is not None and logprob is not None:
+            self.on_logprob(logprob)
         if self.on_token is not None:
             self.on_token(token)
         if token in self.stop_token_ids:
@@ -218,6 +233,17 @@ def argmax_ids(logits: torch.Tensor) -> list[int]:
     return ids
 
 
+def chosen_logprobs(logits: torch.Tensor, ids: Sequence[int]) -> list[float]:
+    """``log_softmax(logits)[position, ids[position]]`` for ``[1, positions, vocab]`` logits.
+
+    The greedy token of a position is its argmax, so this scores it from the very pass that chose
+    it: a stream gets its log-probabilities without a second model pass.
+    """
+    targets = torch.tensor(list(ids), dtype=torch.long, device=logits.device).unsqueeze(-1)
+    values: list[float] = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, targets).squeeze(-1).tolist()
+    return values
+
+
 def _forward_parameters(model: Any) -> Collection[str]:
     return inspect.signature(model.forward).parameters.keys()
 
@@ -276,14 +302,20 @@ class KVSession:
         self.cache = cache
         self.length = 0
         self.forward_passes = 0
+        self.last_logprobs: list[float] = []
+        """Log-probabilities of the last :meth:`feed`'s predictions, when it was asked for them."""
 
-    def feed(self, tokens: Sequence[int], n_logits: int, choose: Chooser | None = None) -> list[int]:
+    def feed(
+        self, tokens: Sequence[int], n_logits: int, choose: Chooser | None = None, *, logprobs: bool = False
+    ) -> list[int]:
         """Run the model over ``tokens`` after the cached ones.
 
         Args:
             tokens: Token ids to append to the cache.
             n_logits: How many trailing positions need a prediction.
             choose: Picks the tokens from those positions' logits instead of the argmax.
+            logprobs: Also score each chosen token (into :attr:`last_logprobs`), from the model's own
+                distribution in the same pass.
 
         Returns:
             The chosen (by default the argmax) token at each of the last ``n_logits`` positions.
@@ -297,9 +329,10 @@ class KVSession:
             logits = self.model(input_ids=ids, **kwargs).logits
         self.forward_passes += 1
         self.length += len(tokens)
-        if choose is not None:
-            return choose(logits[0, -n_logits:, :])
-        return argmax_ids(logits[:, -n_logits:, :])
+        kept = logits[:, -n_logits:, :]
+        preds = choose(kept[0]) if choose is not None else argmax_ids(kept)
+        self.last_logprobs = chosen_logprobs(kept, preds) if logprobs else []
+        return preds
 
     def rollback(self, n_tokens: int) -> None:
         """Drop the last ``n_tokens`` positions from the cache.

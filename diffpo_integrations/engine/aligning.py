@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,53 @@ from diffpo_integrations.core.prompt import AlignPrompt, assemble_answer, build_
 from diffpo_integrations.core.templates import ChatTemplate, TokenizerTemplate, get_template
 from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, DecodeMethod, PromptMode
 
-__all__ = ["DecodeMethod", "EngineAligner"]
+__all__ = ["AnswerDecoder", "DecodeMethod", "EngineAligner"]
+
+
+class AnswerDecoder:
+    """The answer text as the official script decodes it: kept draft tokens and generated tokens together.
+
+    Decoding the kept prefix and the continuation apart breaks a character whose bytes the cut
+    splits (a CJK character or an emoji over two tokens gives ``"北\ufffd京"``); decoding them as
+    one sequence gives the official ``"北京"``. Fed token by token, :meth:`push` returns the text
+    that became final: a trailing incomplete character is held back until its last byte arrives.
+
+    Example:
+        >>> from transformers import AutoTokenizer  # doctest: +SKIP
+        >>> decoder = AnswerDecoder(tokenizer, kept_ids=[30158], stops={2})  # doctest: +SKIP
+        >>> decoder.stable(), decoder.push(241)  # doctest: +SKIP
+        ('', '北')
+    """
+
+    def __init__(self, tokenizer: Any, kept_ids: list[int], stops: set[int] | frozenset[int]) -> None:
+        self._tokenizer = tokenizer
+        self._ids = list(kept_ids)
+        self._stops = stops
+        self._emitted = ""
+
+    @property
+    def text(self) -> str:
+        """Everything decoded so far (special tokens skipped), an incomplete last character included."""
+        return str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
+
+    def stable(self) -> str:
+        """The text that became final since the last call."""
+        text = self.text.rstrip("\ufffd")
+        if not text.startswith(self._emitted):  # pragma: no cover - decoding more tokens only extends the text
+            return ""
+        piece, self._emitted = text[len(self._emitted) :], text
+        return piece
+
+    def push(self, token: int) -> str:
+        """Add one generated token (stop tokens are ignored); return the text that became final."""
+        if token in self._stops:
+            return ""
+        self._ids.append(token)
+        return self.stable()
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Add generated tokens without decoding yet (stop tokens are ignored)."""
+        self._ids.extend(t for t in tokens if t not in self._stops)
 
 
 @dataclass
@@ -85,6 +131,11 @@ class EngineAligner:
             stop=template.end_of_turn,
         )
 
+    def answer_decoder(self, prompt: AlignPrompt, stops: set[int] | None = None) -> AnswerDecoder:
+        """An :class:`AnswerDecoder` over the kept tokens of ``prompt`` (``ids[L:]``)."""
+        kept = prompt.ids[prompt.prompt_tokens :]
+        return AnswerDecoder(self.loaded.tokenizer, kept, stops if stops is not None else self.stop_token_ids())
+
     def stop_token_ids(self) -> set[int]:
         """The end-of-turn token of the template, plus the model's EOS tokens."""
         tokenizer = self.loaded.tokenizer
@@ -97,8 +148,19 @@ class EngineAligner:
             raise ConfigurationError(msg)
         return ids
 
-    def align(self, request: AlignRequest, on_token: Callable[[int], None] | None = None) -> AlignResult:
-        """Align one resolved request (``keep_prefix_tokens`` and ``max_new_tokens`` set)."""
+    def align(
+        self,
+        request: AlignRequest,
+        on_token: Callable[[int], None] | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> AlignResult:
+        """Align one resolved request (``keep_prefix_tokens`` and ``max_new_tokens`` set).
+
+        Args:
+            request: the request.
+            on_token: called with each generated token (per block for Jacobi); may raise to stop.
+            check: called before every Jacobi pass; may raise to stop (a cancelled request).
+        """
         from diffpo_integrations.engine.batching import active_scheduler
         from diffpo_integrations.engine.decoding import decode
 
@@ -114,18 +176,18 @@ class EngineAligner:
             raise InputError(msg)
         kwargs: dict[str, Any] = {"max_new_tokens": request.max_new_tokens, "stop_token_ids": stops}
         if self.method == "jacobi":
-            kwargs.update(block_size=self.block_size, max_iter=self.max_iter)
-        if on_token is not None and self.method != "jacobi":
+            kwargs.update(block_size=self.block_size, max_iter=self.max_iter, check=check)
+        if on_token is not None:
             kwargs["on_token"] = on_token
         # Inside a batch scheduler (the server) concurrent decodes are what it batches; alone, one
         # decode at a time is fastest.
         guard = contextlib.nullcontext() if active_scheduler(self.loaded.model) else self._lock
         with guard:
             out = decode(self.loaded.model, prompt.ids, prompt.draft_ids, method=self.method, **kwargs)
-        tokens = [t for t in out.tokens if t not in stops]
-        generated = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+        decoder = self.answer_decoder(prompt, stops)
+        decoder.extend(out.tokens)
         return AlignResult(
-            text=assemble_answer(prompt.kept_text, generated, prompt.stop),
+            text=assemble_answer("", decoder.text, prompt.stop),
             draft=request.draft,
             kept_prefix=prompt.kept_text.strip(),
             kept_prefix_tokens=prompt.kept_draft_tokens,
@@ -151,36 +213,30 @@ class EngineAligner:
         import queue
 
         pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
-        tokenizer = self.loaded.tokenizer
-        stops = self.stop_token_ids()
-        generated: list[int] = []
-        emitted = ""
+        prompt = self.prompt(request)
+        decoder = self.answer_decoder(prompt)
         abandoned = threading.Event()
 
-        def on_token(token: int) -> None:
-            nonlocal emitted
+        def check() -> None:
             if abandoned.is_set() or (cancelled is not None and cancelled()):
                 raise _Cancelled
-            if token in stops:
-                return
-            generated.append(token)
-            # Decode the whole continuation each time: a token can end halfway through a character.
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):
-                pieces.put(("text", text[len(emitted) :]))
-                emitted = text
+
+        def on_token(token: int) -> None:
+            check()
+            piece = decoder.push(token)
+            if piece:
+                pieces.put(("text", piece))
 
         def work() -> None:
             try:
-                pieces.put(("result", self.align(request, on_token=on_token)))
+                pieces.put(("result", self.align(request, on_token=on_token, check=check)))
             except BaseException as exc:
                 pieces.put(("error", exc))
 
-        prompt = self.prompt(request)
         answer = AnswerStream(stop=prompt.stop)
+        first = answer.feed(decoder.stable())  # before the decode thread starts feeding the decoder
         thread = threading.Thread(target=work, name="diffpo-align", daemon=True)
         thread.start()
-        first = answer.feed(prompt.kept_text)
         if first:
             yield AlignChunk(text=first)
         try:
@@ -195,7 +251,7 @@ class EngineAligner:
                         return
                     raise value
                 else:
-                    # Jacobi cannot stream per token: emit what the result adds.
+                    # Held-back whitespace (and anything a decoder holds back) is in the result.
                     rest = value.text[len(answer.text) :]
                     yield AlignChunk(text=rest, result=value)
                     return

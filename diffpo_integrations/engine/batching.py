@@ -39,7 +39,16 @@ import torch
 
 from diffpo_integrations.core.errors import ConfigurationError, EngineError
 
-from ._core import Chooser, KVSession, argmax_ids, cache_keyword, model_device, model_lock, takes_logits_to_keep
+from ._core import (
+    Chooser,
+    KVSession,
+    argmax_ids,
+    cache_keyword,
+    chosen_logprobs,
+    model_device,
+    model_lock,
+    takes_logits_to_keep,
+)
 
 __all__ = [
     "BatchScheduler",
@@ -88,10 +97,13 @@ class _Feed:
     tokens: list[int]
     n_logits: int
     choose: Chooser | None = None
+    logprobs: bool = False
+    """Also score the chosen tokens (in the model thread, with the pass's own logits)."""
     fed: int = 0
     """Tokens already in the cache (a long feed is split over several passes)."""
     done: bool = False
     result: list[int] = field(default_factory=list)
+    result_logprobs: list[float] = field(default_factory=list)
     error: BaseException | None = None
 
 
@@ -200,8 +212,10 @@ class BatchScheduler:
 
     # -- called by sessions ---------------------------------------------------------------------
 
-    def _feed(self, session: BatchSession, tokens: list[int], n_logits: int, choose: Chooser | None) -> list[int]:
-        request = _Feed(session, tokens, n_logits, choose)
+    def _feed(
+        self, session: BatchSession, tokens: list[int], n_logits: int, choose: Chooser | None, *, logprobs: bool = False
+    ) -> list[int]:
+        request = _Feed(session, tokens, n_logits, choose, logprobs=logprobs)
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
@@ -209,6 +223,7 @@ class BatchScheduler:
                 self._cond.wait()
         if request.error is not None:
             raise request.error
+        session.last_logprobs = request.result_logprobs
         return request.result
 
     # -- the model thread -----------------------------------------------------------------------
@@ -319,6 +334,9 @@ class BatchScheduler:
                     request.result = request.choose(logits[0, offset : offset + request.n_logits])
                 else:
                     request.result = preds[offset : offset + request.n_logits]
+                if request.logprobs:
+                    mine = logits[:, offset : offset + request.n_logits, :]
+                    request.result_logprobs = chosen_logprobs(mine, request.result)
                 offset += request.n_logits
                 finished.append(request)
         return finished
@@ -384,10 +402,18 @@ class BatchSession:
         self.forward_passes = 0
         self.pending_rollback = 0
         self.device = scheduler.device
+        self.last_logprobs: list[float] = []
+        """Log-probabilities of the last :meth:`feed`'s predictions, when it was asked for them."""
 
-    def feed(self, tokens: Sequence[int], n_logits: int, choose: Chooser | None = None) -> list[int]:
-        """Append ``tokens`` in the next shared pass; the argmax (or ``choose``'s pick) at the last ``n_logits``."""
-        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits, choose)
+    def feed(
+        self, tokens: Sequence[int], n_logits: int, choose: Chooser | None = None, *, logprobs: bool = False
+    ) -> list[int]:
+        """Append ``tokens`` in the next shared pass; the argmax (or ``choose``'s pick) at the last ``n_logits``.
+
+        With ``logprobs`` each chosen token is also scored in the same pass (:attr:`last_logprobs`):
+        a streamed generation gets its log-probabilities inside the batch, with no pass of its own.
+        """
+        return self.scheduler._feed(self, [int(t) for t in tokens], n_logits, choose, logprobs=logprobs)
 
     def rollback(self, n_tokens: int) -> None:
         """Hide the last ``n_tokens`` live tokens of this sequence (applied before its next pass)."""

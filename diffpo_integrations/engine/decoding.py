@@ -32,6 +32,7 @@ from ._core import (
     DecodeFinishReason,
     DecodeResult,
     Emitter,
+    LogprobCallback,
     TokenCallback,
     check_decode_args,
     full_forward_argmax,
@@ -60,6 +61,7 @@ def greedy(
     max_new_tokens: int,
     stop_token_ids: Collection[int],
     on_token: TokenCallback | None = None,
+    on_logprob: LogprobCallback | None = None,
 ) -> DecodeResult:
     """Greedy decoding with a KV cache: one prefill, then one forward pass per token.
 
@@ -72,6 +74,8 @@ def greedy(
         max_new_tokens: Budget of generated tokens.
         stop_token_ids: Token ids that end decoding (kept in the output).
         on_token: Streaming hook called with each token as it is produced.
+        on_logprob: Called with each token's log-probability (from the pass that chose it) just
+            before ``on_token``.
 
     Returns:
         The generated tokens and counters.
@@ -79,7 +83,14 @@ def greedy(
     Raises:
         ValueError: On an empty prompt or a negative budget.
     """
-    return stepwise(model, input_ids, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, on_token=on_token)
+    return stepwise(
+        model,
+        input_ids,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=stop_token_ids,
+        on_token=on_token,
+        on_logprob=on_logprob,
+    )
 
 
 def stepwise(
@@ -89,22 +100,27 @@ def stepwise(
     max_new_tokens: int,
     stop_token_ids: Collection[int],
     on_token: TokenCallback | None = None,
+    on_logprob: LogprobCallback | None = None,
     chooser: Callable[[list[int], Any], Chooser] | None = None,
 ) -> DecodeResult:
     """One prefill, then one pass per token; ``chooser(prompt, device)`` picks them (default: the argmax).
+
+    ``on_logprob`` gets each chosen token's log-probability from the pass that chose it (the
+    model's own distribution, before any sampling warper).
 
     The loop shared by :func:`greedy` and :func:`~diffpo_integrations.engine.sampling.sample`.
     """
     start = time.perf_counter()
     prompt = check_decode_args(input_ids, max_new_tokens)
-    emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
+    emitter = Emitter(max_new_tokens, stop_token_ids, on_token, on_logprob)
+    scores = emitter.wants_logprobs
     passes = 0
     if not emitter.done:
         with open_session(model) as session, torch.inference_mode():
             choose = chooser(prompt, session.device) if chooser is not None else None
-            token = session.feed(prompt, 1, choose=choose)[0]
-            while not emitter.push(token):
-                token = session.feed([token], 1, choose=choose)[0]
+            token = session.feed(prompt, 1, choose, logprobs=scores)[0]
+            while not emitter.push(token, session.last_logprobs[0] if scores else None):
+                token = session.feed([token], 1, choose, logprobs=scores)[0]
             passes = session.forward_passes
     return emitter.result(
         forward_passes=passes,
@@ -125,6 +141,7 @@ def reference_jacobi(
     max_iter: int = 1000,
     pad_token_id: int | None = None,
     on_token: TokenCallback | None = None,
+    check: Callable[[], None] | None = None,
 ) -> DecodeResult:
     """The official DiffPO Jacobi loop, token for token (the test oracle).
 
@@ -159,6 +176,9 @@ def reference_jacobi(
             partially refined, non-converged blocks.
         pad_token_id: Filler for positions past the end of the draft.
         on_token: Called with each token once its block is final (per block, not per pass).
+        check: Called before every forward pass; raise from it to stop decoding. A block may take
+            up to ``max_iter + 1`` passes before ``on_token`` is called again, so a cancelled
+            request stops here within one pass instead of at the end of its block.
 
     Returns:
         The generated tokens and counters; ``accepted_draft_tokens`` counts output positions
@@ -188,6 +208,8 @@ def reference_jacobi(
             guess = [draft[i] if i < len(draft) else filler for i in range(offset, offset + size)]
             block = guess
             for _ in range(max_iter + 1):
+                if check is not None:
+                    check()
                 # Position j of the block is predicted from everything before it: the logits
                 # at positions len(sequence) - 1 ... len(sequence) + size - 2.
                 update = full_forward_argmax(model, sequence + block, size + 1)[:size]
@@ -223,6 +245,8 @@ def decode(
     chunk_size: int | None = None,
     config: SpeculationConfig | None = None,
     on_token: TokenCallback | None = None,
+    check: Callable[[], None] | None = None,
+    on_logprob: LogprobCallback | None = None,
 ) -> DecodeResult:
     """Decode with the chosen method.
 
@@ -239,7 +263,9 @@ def decode(
         pad_token_id: Jacobi filler past the end of the draft.
         chunk_size: Speculative chunk size (``None``: adaptive).
         config: Speculative cost model.
-        on_token: Streaming hook.
+        on_token: Streaming hook; it may raise to stop decoding.
+        check: Cancellation hook for the Jacobi loop, called before each of its passes (the other
+            methods call ``on_token`` after every pass or two, which serves the same purpose).
 
     Returns:
         The method's :class:`DecodeResult`.
@@ -257,6 +283,7 @@ def decode(
             max_new_tokens=max_new_tokens,
             stop_token_ids=stop_token_ids,
             on_token=on_token,
+            on_logprob=on_logprob,
         )
     if method == "speculative":
         return speculative(
@@ -268,6 +295,7 @@ def decode(
             chunk_size=chunk_size,
             config=config,
             on_token=on_token,
+            on_logprob=on_logprob,
         )
     if method == "jacobi":
         return reference_jacobi(
@@ -280,6 +308,7 @@ def decode(
             max_iter=max_iter,
             pad_token_id=pad_token_id,
             on_token=on_token,
+            check=check,
         )
     msg = f"unknown decoding method {method!r}; expected 'auto', 'greedy', 'speculative' or 'jacobi'"
     raise ConfigurationError(msg)

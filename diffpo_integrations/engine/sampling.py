@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._core import DecodeResult, TokenCallback
+from ._core import DecodeResult, LogprobCallback, TokenCallback
 from .decoding import stepwise
 
 __all__ = ["SamplingParams", "TokenChooser", "sample"]
@@ -148,6 +148,7 @@ def sample(
     max_new_tokens: int,
     stop_token_ids: Collection[int],
     on_token: TokenCallback | None = None,
+    on_logprob: LogprobCallback | None = None,
 ) -> DecodeResult:
     """Decode one token per pass, each chosen by a :class:`TokenChooser` (batched like :func:`greedy`).
 
@@ -158,6 +159,7 @@ def sample(
         max_new_tokens: Budget of generated tokens.
         stop_token_ids: Token ids that end decoding (kept in the output).
         on_token: Streaming hook.
+        on_logprob: Called with each chosen token's log-probability (the model's own, before the warpers).
 
     Returns:
         The generated tokens and counters.
@@ -176,5 +178,6 @@ def sample(
         max_new_tokens=max_new_tokens,
         stop_token_ids=stop_token_ids,
         on_token=on_token,
+        on_logprob=on_logprob,
         chooser=lambda prompt, device: TokenChooser(params, prompt, device),
     )

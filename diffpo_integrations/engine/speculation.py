@@ -35,6 +35,7 @@ from diffpo_integrations.core.errors import ConfigurationError
 from ._core import (
     DecodeResult,
     Emitter,
+    LogprobCallback,
     TokenCallback,
     check_decode_args,
     model_device,
@@ -338,6 +339,7 @@ def speculative(
     chunk_size: int | None = None,
     config: SpeculationConfig | None = None,
     on_token: TokenCallback | None = None,
+    on_logprob: LogprobCallback | None = None,
 ) -> DecodeResult:
     """Greedy decoding sped up by verifying draft chunks; output identical to :func:`greedy`.
 
@@ -353,6 +355,8 @@ def speculative(
         config: Cost model and estimator; defaults to :meth:`SpeculationConfig.for_device`, or
             :meth:`SpeculationConfig.for_batch` inside a batch scheduler.
         on_token: Streaming hook called with each accepted token in order.
+        on_logprob: Called with each accepted token's log-probability (from the verifying pass)
+            just before ``on_token``.
 
     Returns:
         The generated tokens and counters; ``accepted_draft_tokens`` counts draft tokens
@@ -366,7 +370,8 @@ def speculative(
     if chunk_size is not None and chunk_size < 0:
         msg = f"chunk_size must be >= 0 or None, got {chunk_size}"
         raise ConfigurationError(msg)
-    emitter = Emitter(max_new_tokens, stop_token_ids, on_token)
+    emitter = Emitter(max_new_tokens, stop_token_ids, on_token, on_logprob)
+    scores = emitter.wants_logprobs
     if emitter.done:
         return emitter.result(forward_passes=0, accepted=0, prefill_tokens=len(prompt), elapsed_s=0.0)
     accepted = 0
@@ -392,14 +397,14 @@ def speculative(
                 guess = None if cursor.confirmed else cursor.guess_accuracy
                 want = choose_chunk(cursor.acceptance, min(limit, cfg.max_chunk), cfg, guess_accuracy=guess)
             cand = _cut_after_stop(cursor.candidates(min(want, limit)), emitter.stop_token_ids)
-            preds = session.feed(feed + cand, len(cand) + 1)
+            preds = session.feed(feed + cand, len(cand) + 1, logprobs=scores)
             k = _matching_prefix(preds, cand)
             session.rollback(len(cand) - k)
             finished = False
             for i, tok in enumerate(preds[: k + 1]):
                 accepted += i < k  # the last one is the model's own token
                 cursor.observe(tok)
-                if emitter.push(tok):
+                if emitter.push(tok, session.last_logprobs[i] if scores else None):
                     finished = True
                     break
             if finished:

@@ -13,12 +13,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from diffpo_integrations import __version__
 from diffpo_integrations.server import routes_diffpo, routes_openai, routes_tgi
 from diffpo_integrations.server.config import ServerConfig
 from diffpo_integrations.server.errors import install_error_handlers
+from diffpo_integrations.server.guards import BodyLimit
 from diffpo_integrations.server.runtime import ModelRuntime
 from diffpo_integrations.server.state import ServerState
 
@@ -55,7 +57,7 @@ class _Gate:
     client disconnect still reaches the route.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, api_key: SecretStr | None) -> None:
         self.app = app
         self.api_key = api_key
 
@@ -92,10 +94,11 @@ class _Gate:
 
     def _authorized(self, scope: Scope) -> bool:
         assert self.api_key is not None
+        expected = self.api_key.get_secret_value().encode()
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected):
                     return True
         return False
 
@@ -169,5 +172,8 @@ def create_app(
     app.include_router(routes_tgi.router)
     app.include_router(routes_diffpo.router)
     app.include_router(routes_openai.router)
+    # The gate wraps the body limit: an unauthorized request is refused before its body is read,
+    # and a 413 is counted in the request metrics.
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(_Gate, api_key=cfg.api_key)
     return app

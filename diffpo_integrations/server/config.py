@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from diffpo_integrations.core.types import DecodeMethod
 
@@ -15,8 +15,16 @@ _DEFAULT_TOTAL_TOKENS_CAP = 4096
 """TGI's default ``max_total_tokens`` cap; the model's own context length is used when smaller."""
 
 
-def _env_api_key() -> str | None:
-    return os.environ.get("DIFFPO_API_KEY") or None
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+"""TGI's request-body limit (``--payload-limit``, 2 MB)."""
+
+API_KEY_ENV = "DIFFPO_API_KEY"
+"""Environment variable holding the bearer token when none is given otherwise."""
+
+
+def _env_api_key() -> SecretStr | None:
+    value = os.environ.get(API_KEY_ENV)
+    return SecretStr(value) if value else None
 
 
 class ServerConfig(BaseModel):
@@ -52,11 +60,13 @@ class ServerConfig(BaseModel):
     cache_dir: str | None = None
     """Passed to the engine's loader."""
     max_concurrent_requests: int = Field(default=8, ge=1)
-    """Requests admitted to the model worker at once (generating, or next in line)."""
+    """Requests the model works on at once: never more generations than this run, batched or not."""
     max_batch_size: int = Field(default=8, ge=1)
-    """Generations decoded together, sharing every forward pass (TGI's name); ``1`` runs them one at a time."""
+    """Generations decoded together, sharing every forward pass (TGI's name); ``1`` runs them one at a time.
+    The generations running at once are ``min(max_batch_size, max_concurrent_requests)``."""
     max_waiting: int = Field(default=120, ge=0)
-    """Further requests allowed to wait; past ``max_concurrent_requests + max_waiting`` the server answers 429."""
+    """Further requests allowed to wait in line; past ``max_concurrent_requests + max_waiting`` admitted
+    requests the server answers 429 with ``Retry-After``."""
     max_input_tokens: int | None = Field(default=None, ge=1)
     """Longest accepted input in tokens; ``max_total_tokens - 1`` when ``None``."""
     max_total_tokens: int | None = Field(default=None, ge=2)
@@ -65,10 +75,24 @@ class ServerConfig(BaseModel):
     """Largest ``max_new_tokens`` a request may ask for; ``max_total_tokens - 1`` when ``None``."""
     max_stop_sequences: int = Field(default=4, ge=0)
     """TGI's default."""
-    api_key: str | None = Field(default_factory=_env_api_key)
-    """Bearer token required on generation routes; read from ``DIFFPO_API_KEY`` when not given."""
+    api_key: SecretStr | None = Field(default_factory=_env_api_key)
+    """Bearer token required on generation routes; read from ``DIFFPO_API_KEY`` when not given. Kept as a
+    ``SecretStr``: it never shows in ``repr``, logs or ``model_dump`` (``api_key.get_secret_value()`` reads it)."""
     default_max_new_tokens: int = Field(default=1024, ge=1)
     """``max_new_tokens`` of a TGI request that gives none (TGI's default; capped by the room left)."""
+    default_completion_tokens: int = Field(default=16, ge=1)
+    """``max_tokens`` of a ``/v1/completions`` request that gives none (OpenAI's and vLLM's default)."""
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    """Largest request body; a longer one is answered 413 before it is read whole (TGI's 2 MB by default)."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds a connection may take to send a complete request head, or stay silent while sending a
+    body; then it is closed."""
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds an idle keep-alive connection stays open between requests (uvicorn's ``timeout_keep_alive``)."""
+    max_connections: int = Field(default=256, ge=2)
+    """Open client connections at most. Past it the idlest connection that has not sent a complete
+    request is closed to make room, or the newcomer when every connection is busy. Keep it below the
+    process's open-file limit (``ulimit -n``) so the server can always accept a health probe."""
     stream_logprobs: bool = True
     """Score each streamed token (one extra cached model step per token); ``logprob`` is null when off."""
     method: DecodeMethod = "auto"
@@ -79,6 +103,11 @@ class ServerConfig(BaseModel):
     """``Retry-After`` seconds sent with 429 answers."""
     log_level: str = "info"
     """uvicorn log level."""
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check_limits(self) -> ServerConfig:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from diffpo_integrations.server.runtime import ModelRuntime
+from diffpo_integrations.server.runtime import IncrementalScorer, ModelRuntime, finite_logprob
 from diffpo_integrations.server.worker import JobContext
 
 if TYPE_CHECKING:
@@ -138,10 +138,27 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
         start = time.perf_counter()
         texts = runtime.token_texts(spec.input_ids)
         wants_logprobs = spec.token_logprobs or spec.top_n > 0
-        scorer = runtime.incremental_scorer(spec.input_ids) if spec.stream and wants_logprobs else None
+        scores = spec.stream and wants_logprobs
+        # The engine scores each streamed token in the pass that chose it (inside the batch). The
+        # top-n alternatives, and a decoder that reports no scores (Jacobi), need a scorer of their
+        # own: one extra step a token.
+        reported: list[float] = []
+        scorer: IncrementalScorer | None = (
+            runtime.incremental_scorer(spec.input_ids) if scores and spec.top_n > 0 else None
+        )
         eos = set(runtime.eos_token_ids)
         tokens: list[GeneratedToken] = []
         generated_text = ""
+
+        def score(token_id: int) -> float | None:
+            nonlocal scorer
+            if not scores:
+                return None
+            if reported:
+                return finite_logprob(reported.pop())
+            if scorer is None:
+                scorer = runtime.incremental_scorer(spec.input_ids)
+            return scorer.score(token_id)
 
         def on_token(token_id: int) -> None:
             nonlocal generated_text
@@ -151,7 +168,7 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
             seen = len(generated_text)
             generated_text += piece
             stop = find_stop(generated_text, seen, spec.stop_sequences) if piece else None
-            logprob = scorer.score(token_id) if scorer is not None else None
+            logprob = score(token_id)
             last = last or stop is not None
             token = GeneratedToken(token_id, piece, logprob, runtime.is_special(token_id), last)
             if scorer is not None and spec.top_n:
@@ -165,6 +182,12 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
         result = GenerationResult(tokens=tokens, finish_reason="length", prefill_tokens=len(spec.input_ids))
         if spec.sampling is not None and spec.sampling.do_sample:
             result.seed = spec.sampling.seed
+        options = dict(spec.options)
+        if scores and scorer is None:
+            options["on_logprob"] = reported.append
+        if spec.method == "jacobi":
+            # A Jacobi block may take many passes before its tokens come out: check between passes.
+            options["check"] = ctx.check
         try:
             outcome = runtime.generate(
                 spec.input_ids,
@@ -173,7 +196,7 @@ def generation_job(runtime: ModelRuntime, spec: GenerationSpec) -> Callable[[Job
                 max_new_tokens=spec.max_new_tokens,
                 on_token=on_token,
                 sampling=spec.sampling,
-                **spec.options,
+                **options,
             )
         except _StopSequenceHit as hit:
             result.finish_reason = "stop_sequence"

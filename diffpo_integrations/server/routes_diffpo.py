@@ -69,6 +69,8 @@ def _prepare(state: ServerState, body: AlignBody) -> _Prepared:
             msg = f"unknown template {body.template!r}: use one of {sorted(BUILTIN_TEMPLATES)} or leave it out"
             raise validation_error(msg)
         options["template"] = body.template
+    # The conversation alone must fit the input: refuse one that cannot before tokenizing it.
+    state.check_characters("".join(m.content for m in body.messages))
     try:
         aligner = _base_aligner(state).with_options(**options)
         request = AlignRequest(
@@ -100,12 +102,14 @@ def _align_job(prepared: _Prepared, stream: bool) -> Callable[[JobContext], Alig
     def run(ctx: JobContext) -> AlignResult:
         ctx.check()
         if not stream:
-            return prepared.aligner.align(prepared.request, on_token=lambda _: ctx.check())  # type: ignore[no-any-return]
-        tokenizer = prepared.aligner.loaded.tokenizer
-        stops = prepared.aligner.stop_token_ids()
+            result: AlignResult = prepared.aligner.align(
+                prepared.request, on_token=lambda _: ctx.check(), check=ctx.check
+            )
+            return result
+        # Kept and generated tokens decode as one text, as the official script does: a cut inside
+        # a character must not leave a U+FFFD in the stream.
+        decoder = prepared.aligner.answer_decoder(prepared.prompt)
         answer = AnswerStream(stop=prepared.prompt.stop)
-        generated: list[int] = []
-        decoded = ""
 
         def emit(piece: str) -> None:
             out = answer.feed(piece)
@@ -113,20 +117,12 @@ def _align_job(prepared: _Prepared, stream: bool) -> Callable[[JobContext], Alig
                 ctx.emit(out)
 
         def on_token(token: int) -> None:
-            nonlocal decoded
             ctx.check()
-            if token in stops:
-                return
-            generated.append(token)
-            # Decode the whole continuation: pieces then join to exactly the text of the final answer.
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):
-                emit(text[len(decoded) :])
-                decoded = text
+            emit(decoder.push(token))
 
-        emit(prepared.prompt.kept_text)
-        result: AlignResult = prepared.aligner.align(prepared.request, on_token=on_token)
-        # Jacobi reports no tokens on the way, and held-back whitespace may hide inside: send the rest.
+        emit(decoder.stable())
+        result = prepared.aligner.align(prepared.request, on_token=on_token, check=ctx.check)
+        # Held-back whitespace and characters are in the final text: send the rest.
         if result.text.startswith(answer.text):
             rest = result.text[len(answer.text) :]
             if rest:

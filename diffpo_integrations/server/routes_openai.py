@@ -11,6 +11,7 @@ is refused with a 422 in OpenAI's error shape naming the parameter.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +25,7 @@ from diffpo_integrations.server.errors import ApiError, validation_error
 from diffpo_integrations.server.generation import GeneratedToken, GenerationResult, GenerationSpec
 from diffpo_integrations.server.sampling import MAX_TOP_N_TOKENS, openai_sampling
 from diffpo_integrations.server.state import ServerState, get_state, new_timer
+from diffpo_integrations.server.stops import StopTrimmer
 from diffpo_integrations.server.worker import Job
 from diffpo_integrations.wire.openai import ChatBody, CompletionBody, openai_top_logprob
 from diffpo_integrations.wire.sse import sse_event
@@ -41,41 +43,6 @@ send; they parse every ``data:`` line as JSON, so their chat streams end without
 (the ``openai`` SDK and ``huggingface_hub`` end at the end of the stream either way)."""
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """Roles the chat template takes (OpenAI's ``developer`` is its ``system``)."""
-
-
-class StopTrimmer:
-    """Cuts generated text at the first stop sequence, holding back what may be the start of one.
-
-    Example:
-        >>> t = StopTrimmer(["END"])
-        >>> [t.feed(p) for p in ["Hi E", "N", "D more"]] + [t.flush()]
-        ['Hi ', '', '', '']
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self._buffer = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        """Add generated text; return what is safe to emit."""
-        if self.stopped:
-            return ""
-        self._buffer += piece
-        hits = [i for i in (self._buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self._buffer = self._buffer[: min(hits)], ""
-            return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self._buffer.endswith(s[:k])), default=0)
-        out = self._buffer[: len(self._buffer) - keep]
-        self._buffer = self._buffer[len(out) :]
-        return out
-
-    def flush(self) -> str:
-        """The held-back text once generation ended without completing a stop sequence."""
-        out, self._buffer = ("" if self.stopped else self._buffer), ""
-        return out
 
 
 def _refuse_unsupported(body: ChatBody | CompletionBody) -> None:
@@ -132,7 +99,11 @@ def _refuse_chat(body: ChatBody) -> None:
 def _spec(
     state: ServerState, ids: list[int], body: ChatBody | CompletionBody, stream: bool, top_n: int | None
 ) -> GenerationSpec:
-    max_new_tokens = state.check_lengths(len(ids), body.token_limit)
+    limit = body.token_limit
+    if limit is None and isinstance(body, CompletionBody):
+        # OpenAI's and vLLM's default for a completion (16), within the room the prompt leaves.
+        limit = max(1, min(state.config.default_completion_tokens, state.max_total_tokens - len(ids)))
+    max_new_tokens = state.check_lengths(len(ids), limit)
     return GenerationSpec(
         input_ids=ids,
         max_new_tokens=max_new_tokens,
@@ -205,10 +176,15 @@ def _error_event(exc: ApiError) -> bytes:
     return sse_event(exc.payload(openai=True))
 
 
-def _text(state: ServerState, result: GenerationResult, stops: Sequence[str]) -> str:
+def _trimmed(result: GenerationResult, stops: Sequence[str]) -> str:
     trimmer = StopTrimmer(stops)
     text = trimmer.feed("".join("" if t.special else t.text for t in result.tokens))
     return text + trimmer.flush()
+
+
+async def _text(result: GenerationResult, stops: Sequence[str]) -> str:
+    """The answer text cut at its first stop, computed off the event loop (stops may be long)."""
+    return await asyncio.to_thread(_trimmed, result, stops)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -254,7 +230,7 @@ async def chat_completions(request: Request, body: ChatBody) -> Response:
         )
     result = await state.wait(job, request)
     state.record(result, job)
-    text = _text(state, result, body.stop)
+    text = await _text(result, body.stop)
     message = {"role": "assistant", "content": text}
     logprobs = None
     if body.logprobs:
@@ -296,7 +272,8 @@ async def _chat_events(
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return sse_event({**base, "choices": [choice]})
 
-    trimmer = StopTrimmer(body.stop)
+    # Built off the event loop: its tables grow with the stop sequences' length.
+    trimmer = await asyncio.to_thread(StopTrimmer, body.stop)
     held: list[GeneratedToken] = []
     yield chunk("")
     try:
@@ -367,7 +344,7 @@ async def completions(request: Request, body: CompletionBody) -> Response:
         result = await state.wait(job, request)
         state.record(result, job)
         echo = _echo(state, prompt) if body.echo else ""
-        answer = _text(state, result, body.stop)
+        answer = await _text(result, body.stop)
         logprobs = None
         if body.logprobs is not None:
             logprobs = _completion_logprobs(_visible(result.tokens, answer), len(echo))
@@ -420,7 +397,7 @@ async def _completion_events(
         choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish, "stop_reason": stop_reason}
         return sse_event({**base, "choices": [choice]})
 
-    trimmer = StopTrimmer(body.stop)
+    trimmer = await asyncio.to_thread(StopTrimmer, body.stop)
     held: list[GeneratedToken] = []
     if echo:
         yield chunk(echo)

@@ -78,9 +78,7 @@ async def prepare_generation(
         )
     if stream and p.decoder_input_details:
         raise validation_error("`decoder_input_details` == true is not supported when streaming tokens")
-    ids = await state.encode(inputs)
-    if p.truncate is not None:
-        ids = ids[-p.truncate :]
+    ids = await state.encode(inputs, keep_last=p.truncate)
     max_new_tokens = state.check_lengths(len(ids), p.max_new_tokens)
     timer.prompt_tokens = len(ids)
     timer.characters = len(inputs)
@@ -138,12 +136,14 @@ async def _generate(request: Request, body: GenerateBody) -> tuple[dict[str, Any
         state.record(result, job)
     best = max(range(len(results)), key=lambda i: _score(results[i]))
     result, job = results[best], jobs[best]
-    out: dict[str, Any] = {"generated_text": _generated_text(state, body.inputs, p, result)}
+    # Off the event loop: detokenizing a long answer is CPU work.
+    texts = await asyncio.to_thread(lambda: [_generated_text(state, body.inputs, p, r) for r in results])
+    out: dict[str, Any] = {"generated_text": texts[best]}
     if p.details or p.decoder_input_details:
         out["details"] = _details(result, spec.top_n)
         if len(results) > 1:
             out["details"]["best_of_sequences"] = [
-                {"generated_text": _generated_text(state, body.inputs, p, other), **_details(other, spec.top_n)}
+                {"generated_text": texts[i], **_details(other, spec.top_n)}
                 for i, other in enumerate(results)
                 if i != best
             ]
@@ -201,6 +201,7 @@ async def _stream_events(
         yield sse_event(error_body(exc.message, exc.error_type))
         return
     state.record(result, job)
+    text = await asyncio.to_thread(_generated_text, state, body.inputs, p, result)
     final = held or (result.tokens[-1] if result.tokens else None)
     details = None
     if p.details:
@@ -210,7 +211,7 @@ async def _stream_events(
             "seed": result.seed,
             "input_length": timer.prompt_tokens,
         }
-    yield sse_event(_stream_event(max(index, 1), final, _generated_text(state, body.inputs, p, result), details))
+    yield sse_event(_stream_event(max(index, 1), final, text, details))
 
 
 def _stream_event(
@@ -227,7 +228,9 @@ def _stream_event(
 async def tokenize(request: Request, body: TokenizeBody) -> Response:
     """TGI ``/tokenize``: ``[{id, text, start, stop}]`` with special tokens added (``start == stop == 0``)."""
     state = get_state(request)
-    spans = state.runtime.spans(body.inputs)
+    # Off the event loop: a long input takes seconds to tokenize, and /health must keep answering.
+    state.check_characters(body.inputs, state.max_total_tokens)
+    spans = await asyncio.to_thread(state.runtime.spans, body.inputs)
     return JSONResponse(
         [{"id": s.id, "text": body.inputs[s.start : s.stop], "start": s.start, "stop": s.stop} for s in spans]
     )

@@ -14,7 +14,7 @@ from typing import Any
 from diffpo_integrations.core.prompt import TokenSpan, hf_token_spans
 from diffpo_integrations.core.templates import ChatTemplate, TokenizerTemplate, get_template
 
-__all__ = ["DecodeOutcome", "IncrementalScorer", "ModelRuntime", "TokenTexts"]
+__all__ = ["DecodeOutcome", "IncrementalScorer", "ModelRuntime", "TokenTexts", "finite_logprob"]
 
 _CONTEXT_TOKENS = 5
 """Prompt tokens kept as context when decoding token texts (TGI's ``prefix_offset``)."""
@@ -39,6 +39,11 @@ class TokenTexts:
 
     A token that ends inside a multi-byte character yields ``""`` until the character is complete;
     the final token flushes whatever is left, so the pieces always join to the decoded text.
+
+    When the context itself ends inside a character (a prompt of token ids cut mid-character), that
+    character belongs to the generated text: its first piece starts with the whole character, so
+    ``decode(context)`` without its incomplete tail, plus the pieces, is exactly
+    ``decode(context + generated)``.
     """
 
     def __init__(self, tokenizer: Any, context_ids: Sequence[int]) -> None:
@@ -46,6 +51,9 @@ class TokenTexts:
         self._ids = list(context_ids[-_CONTEXT_TOKENS:])
         self._prefix = 0
         self._read = len(self._ids)
+        context = str(tokenizer.decode(self._ids, skip_special_tokens=False)) if self._ids else ""
+        self._lead = len(context) - len(context.rstrip("\ufffd"))
+        """Characters of the context's incomplete tail, re-sent with the first piece."""
 
     def step(self, token_id: int, *, final: bool = False) -> str:
         """Add ``token_id`` and return the text it completes (``final``: all that is left, even a broken character)."""
@@ -53,9 +61,10 @@ class TokenTexts:
         decode = self._tokenizer.decode
         prefix_text = decode(self._ids[self._prefix : self._read], skip_special_tokens=False)
         new_text = decode(self._ids[self._prefix :], skip_special_tokens=False)
-        if len(new_text) > len(prefix_text) and (final or not new_text.endswith("\ufffd")):
-            self._prefix, self._read = self._read, len(self._ids)
-            return str(new_text[len(prefix_text) :])
+        start = len(prefix_text) - self._lead
+        if len(new_text) > start and (final or not new_text.endswith("\ufffd")):
+            self._prefix, self._read, self._lead = self._read, len(self._ids), 0
+            return str(new_text[start:])
         return ""
 
 
@@ -81,6 +90,11 @@ class ModelRuntime:
                 special.add(int(tid))
         self.special_ids = frozenset(int(t) for t in special)
         self._templates: dict[str, ChatTemplate] = {}
+        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
+        self.max_token_chars: int = max((len(str(t)) for t in vocab), default=0) or 64
+        """The longest token string of the vocabulary. A token covers at most this many characters
+        (a byte-level token at most this many bytes), so a text of ``n`` characters has at least
+        ``n / max_token_chars`` tokens: long inputs are refused before tokenizing them."""
 
     # -- facts ----------------------------------------------------------------------------------
 
@@ -167,6 +181,7 @@ class ModelRuntime:
                 max_new_tokens=max_new_tokens,
                 stop_token_ids=self.eos_token_ids,
                 on_token=on_token,
+                on_logprob=options.get("on_logprob"),
             )
             return _outcome(result, input_ids)
         if self._decode_fn is None:
@@ -210,7 +225,7 @@ class ModelRuntime:
                 targets = tensor[0, lo:hi].unsqueeze(-1)
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 values = logp.gather(-1, targets).squeeze(-1)
-                out.extend(_finite(v) for v in values.tolist())
+                out.extend(finite_logprob(v) for v in values.tolist())
                 tops.extend(_top(row, top_n) for row in logp)
             return out, tops
 
@@ -268,7 +283,7 @@ class IncrementalScorer:
                 self._pending = []
             value = torch.log_softmax(self._logits.float(), dim=-1)[token_id].item()
         self._pending = [token_id]
-        return _finite(value)
+        return finite_logprob(value)
 
     def top(self, n: int) -> list[tuple[int, float]]:
         """The ``n`` likeliest ``(id, logprob)`` at the step :meth:`score` just scored."""
@@ -293,9 +308,10 @@ def _top(logprobs: Any, n: int) -> list[tuple[int, float]]:
     if n <= 0:
         return []
     values, ids = logprobs.topk(n)
-    return [(int(i), _finite(float(v))) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    return [(int(i), finite_logprob(float(v))) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
 
 
-def _finite(value: float) -> float:
+def finite_logprob(value: float) -> float:
+    """``value``, or the smallest float for ``-inf`` (JSON has no infinities)."""
     # JSON has no -inf; the smallest float keeps the field a number and the order right.
     return value if math.isfinite(value) else -3.4028234663852886e38

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -11,9 +12,11 @@ from typing import Any
 
 from diffpo_integrations.server.config import ServerConfig
 
-__all__ = ["run_server", "serve_in_thread"]
+__all__ = ["connection_options", "graceful_server", "run_server", "serve_in_thread"]
 
 _GRACEFUL_SHUTDOWN_S = 10
+_ERROR_MARGIN_S = 1.0
+"""Seconds before uvicorn's forced cancellation when unfinished generations are ended with an error."""
 
 
 def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
@@ -28,13 +31,58 @@ def run_server(config: ServerConfig | None = None, app: Any = None) -> None:
     from diffpo_integrations.server.app import create_app
 
     cfg = config or ServerConfig()
-    uvicorn.run(
-        app if app is not None else create_app(cfg),
+    served = app if app is not None else create_app(cfg)
+    uvicorn_config = uvicorn.Config(
+        served,
         host=cfg.host,
         port=cfg.port,
         log_level=cfg.log_level,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        **connection_options(cfg),
     )
+    graceful_server(uvicorn_config, served).run()
+
+
+def graceful_server(config: Any, app: Any) -> Any:
+    """A ``uvicorn.Server`` whose shutdown ends unfinished generations with a proper error.
+
+    uvicorn gives requests in flight ``timeout_graceful_shutdown`` seconds, then cancels them: a
+    waiting request would get a plain-text 500 and a stream would be cut without a word. One second
+    before that, this server cancels the generations still running instead, so each request
+    answers TGI's ``incomplete_generation`` (a 500 JSON body, or the stream's last event) and the
+    client knows to retry elsewhere.
+    """
+    import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            grace = self.config.timeout_graceful_shutdown
+            state = getattr(getattr(app, "state", None), "diffpo", None)
+            handle = None
+            if grace is not None and state is not None:
+                loop = asyncio.get_running_loop()
+                handle = loop.call_later(max(0.0, grace - _ERROR_MARGIN_S), state.worker.cancel_admitted)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if handle is not None:
+                    handle.cancel()
+
+    return _GracefulServer(config)
+
+
+def connection_options(config: ServerConfig) -> dict[str, Any]:
+    """uvicorn settings for ``config``'s connection limits: head and idle timeouts, the connection cap."""
+    from diffpo_integrations.server.guards import connection_limits, guarded_protocol
+
+    cap, backlog = connection_limits(config.max_connections)
+    return {
+        "http": guarded_protocol(config.header_timeout_s, cap),
+        "backlog": backlog,
+        "timeout_keep_alive": config.keep_alive_timeout_s,
+        # One incomplete request head may not grow past this (h11's own default is 16 KB).
+        "h11_max_incomplete_event_size": 64 * 1024,
+    }
 
 
 @contextmanager
@@ -64,6 +112,7 @@ def serve_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
+    app_config = getattr(getattr(app, "state", None), "config", None)
     config = uvicorn.Config(
         app,
         host=host,
@@ -71,8 +120,9 @@ def serve_in_thread(
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=graceful_shutdown_s,
+        **connection_options(app_config if isinstance(app_config, ServerConfig) else ServerConfig()),
     )
-    server = uvicorn.Server(config)
+    server = graceful_server(config, app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="diffpo-uvicorn", daemon=True)
     thread.start()
     base_url = f"http://{host}:{bound_port}"

@@ -94,6 +94,7 @@ class ServerState:
         )
         self.scheduler = _scheduler(config, runtime)
         """Batches concurrent generations; ``None`` when batching is off or the model cannot be batched."""
+        # Never more generations at once than --max-concurrent-requests, however large the batch.
         self.worker = ModelWorker(
             config.max_concurrent_requests + config.max_waiting,
             concurrency=self.scheduler.max_sessions if self.scheduler is not None else 1,
@@ -166,9 +167,34 @@ class ServerState:
             )
         return max_new_tokens
 
-    async def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """Tokenize off the event loop (long inputs take milliseconds)."""
-        return await asyncio.to_thread(self.runtime.encode, text, add_special_tokens=add_special_tokens)
+    def check_characters(self, text: str, max_tokens: int | None = None) -> None:
+        """Refuse, without tokenizing it, a text that must have more than ``max_tokens`` tokens.
+
+        A token covers at most ``runtime.max_token_chars`` characters, so this never refuses a text
+        that would fit; it keeps a huge input from costing a tokenizer pass (CPU and memory).
+        """
+        limit = self.max_input_tokens if max_tokens is None else max_tokens
+        at_least = -(-len(text) // self.runtime.max_token_chars)
+        if at_least > limit:
+            raise validation_error(f"`inputs` must have less than {limit} tokens. Given: at least {at_least}")
+
+    async def encode(self, text: str, *, add_special_tokens: bool = True, keep_last: int | None = None) -> list[int]:
+        """Tokenize off the event loop, after the length check that needs no tokenizer.
+
+        Args:
+            text: the input.
+            add_special_tokens: as the tokenizer takes it.
+            keep_last: TGI's ``truncate``: only the last ``keep_last`` tokens are wanted, so only
+                the text they can cover (plus a margin for the tokenizer's context) is tokenized.
+        """
+        if keep_last is None:
+            self.check_characters(text)
+        else:
+            # The margin leaves the kept tokens as a whole-text tokenization gives them: a
+            # pre-tokenizer's context reaches a few tokens at most.
+            text = text[-(keep_last + 32) * self.runtime.max_token_chars :]
+        ids = await asyncio.to_thread(self.runtime.encode, text, add_special_tokens=add_special_tokens)
+        return ids if keep_last is None else ids[-keep_last:]
 
     # -- running jobs ---------------------------------------------------------------------------
 
@@ -241,13 +267,14 @@ class ServerState:
 
 
 def _scheduler(config: ServerConfig, runtime: ModelRuntime) -> Any:
-    if config.max_batch_size <= 1:
+    batch = min(config.max_batch_size, config.max_concurrent_requests)
+    if batch <= 1:
         return None
     from diffpo_integrations.engine.batching import BatchScheduler, supports_batching
 
     if not supports_batching(runtime.model):
         return None
-    return BatchScheduler(runtime.model, max_sessions=config.max_batch_size)
+    return BatchScheduler(runtime.model, max_sessions=batch)
 
 
 def new_timer(state: ServerState) -> RequestTimer:

@@ -209,13 +209,22 @@ class ModelWorker:
         self._queue.put(job)
         return job
 
+    def cancel_admitted(self) -> int:
+        """Cancel every admitted job, running or waiting; return how many (thread-safe).
+
+        Each stops at its next check and its request answers ``incomplete_generation``.
+        """
+        with self._lock:
+            pending = list(self._pending)
+        for job in pending:
+            job.cancel()
+        return len(pending)
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, cancel the admitted ones, and join the threads."""
         with self._lock:
             self._closing = True
-            pending = list(self._pending)
-        for job in pending:
-            job.cancel()
+        self.cancel_admitted()
         for _ in self._threads:
             self._queue.put(None)
         if self._started:
@@ -230,6 +239,8 @@ class ModelWorker:
             with self._lock:
                 self._running.add(job)
             job.started_at = time.perf_counter()
+            value: Any = None
+            error: BaseException | None = None
             try:
                 if job.cancel_event.is_set():
                     raise Cancelled("request cancelled before it ran")
@@ -239,18 +250,16 @@ class ModelWorker:
                     with self._job_context():
                         value = job.fn(JobContext(job))
             except BaseException as exc:  # every failure goes back to the awaiting request
-                job.finished_at = time.perf_counter()
-                if isinstance(exc, Cancelled):
-                    with self._lock:
-                        self.cancelled += 1
-                else:
+                error = exc
+                if not isinstance(exc, Cancelled):
                     _log.exception("model job failed")
-                job._finish(error=exc)
-            else:
-                job.finished_at = time.perf_counter()
-                job._finish(value)
-            finally:
-                with self._lock:
-                    self._running.discard(job)
-                    self._admitted -= 1
-                    self._pending.discard(job)
+            job.finished_at = time.perf_counter()
+            # The counts change before the request learns the outcome: whoever awaited the job
+            # then sees the worker with it already gone.
+            with self._lock:
+                self._running.discard(job)
+                self._admitted -= 1
+                self._pending.discard(job)
+                if isinstance(error, Cancelled):
+                    self.cancelled += 1
+            job._finish(value, error)

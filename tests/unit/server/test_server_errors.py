@@ -184,7 +184,9 @@ def test_api_key_from_the_environment(tiny: TinyLoaded, monkeypatch: pytest.Monk
     from diffpo_integrations.server import ServerConfig
 
     monkeypatch.setenv("DIFFPO_API_KEY", "from-env")
-    assert ServerConfig().api_key == "from-env"
+    key = ServerConfig().api_key
+    assert key is not None
+    assert key.get_secret_value() == "from-env"
 
 
 def test_full_queue_answers_429_with_retry_after(tiny: TinyLoaded) -> None:
