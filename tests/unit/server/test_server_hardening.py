@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from server_fakes import TinyLoaded, greedy_reference, make_client
 
-from diffpo_integrations.cli.serve import add_server_arguments, server_options
 from diffpo_integrations.server import ServerConfig
+from diffpo_integrations.server_flags import add_server_arguments, server_options
 
 
 class _Counting:
@@ -158,16 +158,19 @@ def test_the_api_key_is_read_from_a_file(tmp_path: Path) -> None:
     add_server_arguments(parser)
     key_file = tmp_path / "key"
     key_file.write_text("from-a-file\n")
-    config = ServerConfig(**server_options(parser.parse_args(["--api-key-file", str(key_file)])))
+    args = parser.parse_args(["--api-key-file", str(key_file)])
+    config = ServerConfig(**server_options(args, ServerConfig.model_fields))
     assert config.api_key is not None
     assert config.api_key.get_secret_value() == "from-a-file"
     key_file.write_text("\n")
     with pytest.raises(ValueError, match="is empty: write the key on its first line"):
-        server_options(parser.parse_args(["--api-key-file", str(key_file)]))
+        server_options(parser.parse_args(["--api-key-file", str(key_file)]), ServerConfig.model_fields)
     with pytest.raises(ValueError, match="cannot read the API key file"):
-        server_options(parser.parse_args(["--api-key-file", str(tmp_path / "missing")]))
+        server_options(parser.parse_args(["--api-key-file", str(tmp_path / "missing")]), ServerConfig.model_fields)
     with pytest.raises(ValueError, match="--api-key or --api-key-file, not both"):
-        server_options(parser.parse_args(["--api-key", "a", "--api-key-file", str(key_file)]))
+        server_options(
+            parser.parse_args(["--api-key", "a", "--api-key-file", str(key_file)]), ServerConfig.model_fields
+        )
 
 
 def test_the_api_key_works_from_a_file_and_stays_out_of_the_logs(
@@ -190,7 +193,7 @@ def test_connection_flags_reach_the_config() -> None:
     args = parser.parse_args(
         ["--max-body-size", "4096", "--header-timeout", "2.5", "--keep-alive-timeout", "3", "--max-connections", "64"]
     )
-    config = ServerConfig(**server_options(args))
+    config = ServerConfig(**server_options(args, ServerConfig.model_fields))
     assert (config.max_body_bytes, config.header_timeout_s, config.keep_alive_timeout_s) == (4096, 2.5, 3.0)
     assert config.max_connections == 64
 
