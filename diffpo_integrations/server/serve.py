@@ -12,7 +12,7 @@ from typing import Any
 
 from diffpo_integrations.server.config import ServerConfig
 
-__all__ = ["connection_options", "graceful_server", "run_server", "serve_in_thread"]
+__all__ = ["connection_options", "graceful_server", "listening_socket", "run_server", "serve_in_thread"]
 
 _GRACEFUL_SHUTDOWN_S = 10
 _ERROR_MARGIN_S = 1.0
@@ -85,6 +85,19 @@ def connection_options(config: ServerConfig) -> dict[str, Any]:
     }
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``0``: a free port) for uvicorn to listen on.
+
+    Made with ``IPPROTO_TCP`` named: asyncio turns Nagle's algorithm off (``TCP_NODELAY``) only on
+    connections whose socket says it is TCP. With a protocol of ``0`` every answer written in two
+    pieces (head, then body) waited for the client's delayed ACK: about 40 ms a request on Linux.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 @contextmanager
 def serve_in_thread(
     app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 300.0, graceful_shutdown_s: int = 5
@@ -108,9 +121,7 @@ def serve_in_thread(
     import httpx
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = listening_socket(host, port)
     bound_port = sock.getsockname()[1]
     app_config = getattr(getattr(app, "state", None), "config", None)
     config = uvicorn.Config(
