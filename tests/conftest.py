@@ -1,4 +1,4 @@
-"""Fixtures shared by every test directory: loopback fault servers, the loaded stand-in model, MT-bench."""
+"""Fixtures shared by every test directory: loopback fault servers and a dead address, the loaded stand-in model, MT-bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def dead_url() -> str:
+    """``http://127.0.0.1:<port>`` where nothing listens (the port was bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -95,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     Raises:
         SystemExit: the upstream key's environment variable is not set.
     """
+    from diffpo_integrations.backends.tgi import default_aligner_url
     from diffpo_integrations.gateway.config import GatewayConfig
 
     upstream_key = None
@@ -102,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         upstream_key = os.environ.get(args.upstream_api_key_env)
         if not upstream_key:
             raise SystemExit(fail(f"--upstream-api-key-env {args.upstream_api_key_env}: that variable is not set"))
-    aligner_urls = args.aligner_urls or [os.environ.get("DIFFPO_ALIGNER_URL", "http://127.0.0.1:8080")]
+    aligner_urls = args.aligner_urls or [default_aligner_url()]
     return GatewayConfig(
         upstream=args.upstream,
         aligner_urls=aligner_urls,

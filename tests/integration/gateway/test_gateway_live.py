@@ -38,15 +38,15 @@ def _messages(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
-def _draft(server_url: str, question: str) -> str:
-    direct = openai.OpenAI(base_url=server_url + "/v1", api_key="unused", max_retries=0)
+def _draft(live_url: str, question: str) -> str:
+    direct = openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0)
     answer = direct.chat.completions.create(model="smollm2", messages=_messages(question), max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
     return str(answer.choices[0].message.content)
 
 
-def _expected(server_url: str, question: str) -> tuple[str, str]:
-    draft = _draft(server_url, question)
-    return draft, TGIAligner(server_url).align(_messages(question), draft, max_new_tokens=MAX_TOKENS).text
+def _expected(live_url: str, question: str) -> tuple[str, str]:
+    draft = _draft(live_url, question)
+    return draft, TGIAligner(live_url).align(_messages(question), draft, max_new_tokens=MAX_TOKENS).text
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def client(gateway_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0)
 
 
-def test_openai_sdk_answer_is_the_aligned_upstream_draft(client: openai.OpenAI, server_url: str) -> None:
-    draft, want = _expected(server_url, QUESTIONS[0])
+def test_openai_sdk_answer_is_the_aligned_upstream_draft(client: openai.OpenAI, live_url: str) -> None:
+    draft, want = _expected(live_url, QUESTIONS[0])
     answer = client.chat.completions.create(model="smollm2", messages=_messages(QUESTIONS[0]), max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
     assert answer.choices[0].message.content == want
     extra: dict[str, Any] = answer.model_extra or {}
@@ -64,8 +64,8 @@ def test_openai_sdk_answer_is_the_aligned_upstream_draft(client: openai.OpenAI, 
     assert answer.usage.completion_tokens > 0
 
 
-def test_streamed_answer_equals_the_whole_one(client: openai.OpenAI, server_url: str) -> None:
-    _, want = _expected(server_url, QUESTIONS[1])
+def test_streamed_answer_equals_the_whole_one(client: openai.OpenAI, live_url: str) -> None:
+    _, want = _expected(live_url, QUESTIONS[1])
     stream = client.chat.completions.create(
         model="smollm2",
         messages=_messages(QUESTIONS[1]),
@@ -77,8 +77,8 @@ def test_streamed_answer_equals_the_whole_one(client: openai.OpenAI, server_url:
     assert (chunks[-1].model_extra or {})["diffpo"]["aligned"] is True
 
 
-def test_concurrent_async_clients_each_get_their_own_answer(gateway_url: str, server_url: str) -> None:
-    wants = [_expected(server_url, q)[1] for q in QUESTIONS]
+def test_concurrent_async_clients_each_get_their_own_answer(gateway_url: str, live_url: str) -> None:
+    wants = [_expected(live_url, q)[1] for q in QUESTIONS]
 
     async def run() -> list[str | None]:
         async with openai.AsyncOpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0) as aclient:
@@ -93,10 +93,10 @@ def test_concurrent_async_clients_each_get_their_own_answer(gateway_url: str, se
     assert asyncio.run(run()) == wants
 
 
-def test_chat_openai_through_the_gateway(gateway_url: str, server_url: str) -> None:
+def test_chat_openai_through_the_gateway(gateway_url: str, live_url: str) -> None:
     from langchain_openai import ChatOpenAI
 
-    _, want = _expected(server_url, QUESTIONS[2])
+    _, want = _expected(live_url, QUESTIONS[2])
     llm = ChatOpenAI(
         base_url=gateway_url + "/v1", api_key="unused", model="smollm2", max_tokens=MAX_TOKENS, max_retries=0
     )  # type: ignore[arg-type]
@@ -104,11 +104,11 @@ def test_chat_openai_through_the_gateway(gateway_url: str, server_url: str) -> N
     assert message.content == want
 
 
-def test_llamaindex_openailike_through_the_gateway(gateway_url: str, server_url: str) -> None:
+def test_llamaindex_openailike_through_the_gateway(gateway_url: str, live_url: str) -> None:
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai_like import OpenAILike
 
-    _, want = _expected(server_url, QUESTIONS[3])
+    _, want = _expected(live_url, QUESTIONS[3])
     # temperature=0: OpenAILike's default (0.1) samples the upstream draft, which the reference does not.
     llm = OpenAILike(
         api_base=gateway_url + "/v1",
@@ -122,8 +122,8 @@ def test_llamaindex_openailike_through_the_gateway(gateway_url: str, server_url:
     assert answer.message.content == want
 
 
-def test_opt_out_returns_the_upstream_draft(client: openai.OpenAI, server_url: str) -> None:
-    draft = _draft(server_url, QUESTIONS[4])
+def test_opt_out_returns_the_upstream_draft(client: openai.OpenAI, live_url: str) -> None:
+    draft = _draft(live_url, QUESTIONS[4])
     answer = client.chat.completions.create(
         model="smollm2",
         messages=_messages(QUESTIONS[4]),  # type: ignore[arg-type]
@@ -135,9 +135,9 @@ def test_opt_out_returns_the_upstream_draft(client: openai.OpenAI, server_url: s
 
 
 def test_dead_aligner_fail_open_answers_the_draft_flagged(
-    start_gateway: Callable[..., AbstractContextManager[str]], server_url: str, dead_url: str
+    start_gateway: Callable[..., AbstractContextManager[str]], live_url: str, dead_url: str
 ) -> None:
-    draft = _draft(server_url, QUESTIONS[5])
+    draft = _draft(live_url, QUESTIONS[5])
     with start_gateway(aligner_urls=[dead_url], fail_policy="open", aligner_timeout=10) as url:
         gw = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         answer = gw.chat.completions.create(model="smollm2", messages=_messages(QUESTIONS[5]), max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
