@@ -64,7 +64,7 @@ def _register_gateway(which: Any) -> None:
     gateway.add_argument("--iterations", type=int, default=200, help="timed calls per leg (default %(default)s)")
     gateway.add_argument("--warmup", type=int, default=20, help="untimed calls per leg first")
     gateway.add_argument("--concurrency", type=int, default=64, help="concurrent calls (default %(default)s)")
-    gateway.add_argument("--rounds", type=int, default=5, help="timed concurrent rounds per leg (default %(default)s)")
+    gateway.add_argument("--rounds", type=int, default=10, help="timed concurrent rounds per leg (default %(default)s)")
     gateway.add_argument("--json", type=Path, help="also write the figures here as JSON")
     gateway.set_defaults(run=run)
 

@@ -24,6 +24,7 @@ __all__ = ["GatewayBenchResult", "format_gateway_table", "gateway_process", "run
 
 _BODY = {"model": "delay-server", "messages": [{"role": "user", "content": "Is seven a prime number?"}]}
 _OFF = {"x-diffpo-align": "off"}
+_SINGLES_PER_ROUND = 5
 TARGET_ADDED_MS = 1.0
 TARGET_CONCURRENCY_RATIO = 1.1
 
@@ -107,37 +108,57 @@ def gateway_process(upstream_url: str, *, timeout: float = 60.0) -> Iterator[str
         proc.wait(timeout=10)
 
 
-def _median_call_ms(url: str, headers: dict[str, str], iterations: int, warmup: int) -> float:
-    times = []
-    with httpx.Client(base_url=url, timeout=30.0) as client:
+def _paired_medians_ms(direct: str, gateway: str, iterations: int, warmup: int) -> tuple[float, float]:
+    """Median of one call straight to the upstream and of one through the gateway, the two interleaved.
+
+    Interleaved, each pair in alternating order: a drift of the machine's speed over the run (other
+    tenants, frequency changes) then shifts both medians alike instead of showing up as overhead.
+    """
+    times: dict[str, list[float]] = {direct: [], gateway: []}
+    headers = {direct: {}, gateway: _OFF}
+    with httpx.Client(timeout=30.0) as client:
         for i in range(warmup + iterations):
-            start = time.perf_counter()
-            response = client.post("/v1/chat/completions", json=_BODY, headers=headers)
-            elapsed = time.perf_counter() - start
-            response.raise_for_status()
-            if i >= warmup:
-                times.append(elapsed)
-    return statistics.median(times) * 1000
+            for url in (direct, gateway) if i % 2 == 0 else (gateway, direct):
+                start = time.perf_counter()
+                response = client.post(url + "/v1/chat/completions", json=_BODY, headers=headers[url])
+                elapsed = time.perf_counter() - start
+                response.raise_for_status()
+                if i >= warmup:
+                    times[url].append(elapsed)
+    return statistics.median(times[direct]) * 1000, statistics.median(times[gateway]) * 1000
 
 
-async def _rounds_ms(url: str, headers: dict[str, str], concurrency: int, rounds: int) -> tuple[float, float]:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
+async def _paired_rounds_ms(
+    direct: str, gateway: str, concurrency: int, rounds: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """For each leg: one call, then ``concurrency`` calls at once (medians over rounds, legs interleaved)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency)
+    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
 
-        async def call() -> None:
-            (await client.post("/v1/chat/completions", json=_BODY, headers=headers)).raise_for_status()
+        async def call(url: str) -> None:
+            headers = _OFF if url == gateway else {}
+            (await client.post(url + "/v1/chat/completions", json=_BODY, headers=headers)).raise_for_status()
 
+        singles: dict[str, list[float]] = {direct: [], gateway: []}
+        bursts: dict[str, list[float]] = {direct: [], gateway: []}
         # Open every connection first, so the rounds time requests, not TCP handshakes.
-        await asyncio.gather(*(call() for _ in range(concurrency)))
-        singles, rounds_ms = [], []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            await call()
-            singles.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            await asyncio.gather(*(call() for _ in range(concurrency)))
-            rounds_ms.append(time.perf_counter() - start)
-    return statistics.median(singles) * 1000, statistics.median(rounds_ms) * 1000
+        for url in (direct, gateway):
+            await asyncio.gather(*(call(url) for _ in range(concurrency)))
+        for r in range(rounds):
+            for url in (direct, gateway) if r % 2 == 0 else (gateway, direct):
+                # Several single calls a round: the ratio divides by their median, so it must not be one sample.
+                for _ in range(_SINGLES_PER_ROUND):
+                    start = time.perf_counter()
+                    await call(url)
+                    singles[url].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                await asyncio.gather(*(call(url) for _ in range(concurrency)))
+                bursts[url].append(time.perf_counter() - start)
+
+    def medians(url: str) -> tuple[float, float]:
+        return statistics.median(singles[url]) * 1000, statistics.median(bursts[url]) * 1000
+
+    return medians(direct), medians(gateway)
 
 
 def run_gateway_bench(
@@ -148,13 +169,11 @@ def run_gateway_bench(
     iterations: int = 200,
     warmup: int = 20,
     concurrency: int = 64,
-    rounds: int = 5,
+    rounds: int = 10,
 ) -> GatewayBenchResult:
-    """Time direct and gateway calls, interleaving nothing: each leg runs alone on an idle upstream."""
-    direct_ms = _median_call_ms(upstream_url, {}, iterations, warmup)
-    gateway_ms = _median_call_ms(gateway_url, _OFF, iterations, warmup)
-    direct_round = asyncio.run(_rounds_ms(upstream_url, {}, concurrency, rounds))
-    gateway_round = asyncio.run(_rounds_ms(gateway_url, _OFF, concurrency, rounds))
+    """Time direct and gateway calls against the same upstream, the two legs interleaved call by call."""
+    direct_ms, gateway_ms = _paired_medians_ms(upstream_url, gateway_url, iterations, warmup)
+    direct_round, gateway_round = asyncio.run(_paired_rounds_ms(upstream_url, gateway_url, concurrency, rounds))
     return GatewayBenchResult(delay_ms, iterations, concurrency, direct_ms, gateway_ms, direct_round, gateway_round)
 
 

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from diffpo_integrations import __version__
 from diffpo_integrations.backends.pool import AlignerPool
-from diffpo_integrations.core.errors import InputError
-from diffpo_integrations.gateway.aligning import RequestPlan, plan_request
-from diffpo_integrations.gateway.answers import align_completion, passthrough_meta
+from diffpo_integrations.gateway.chat import ChatCompletions
 from diffpo_integrations.gateway.config import GatewayConfig
 from diffpo_integrations.gateway.state import GatewayState, build_aligner
-from diffpo_integrations.gateway.streaming import stream_answer
-from diffpo_integrations.gateway.wire import GatewayError, sse
+from diffpo_integrations.gateway.wire import GatewayError
 
 __all__ = ["create_gateway_app"]
 
@@ -52,17 +47,40 @@ def create_gateway_app(
         finally:
             await state.aclose()
 
-    app = FastAPI(title="diffpo gateway", version=__version__, lifespan=lifespan)
+    app = _GatewayApp(title="diffpo gateway", version=__version__, lifespan=lifespan)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
         return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
-    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.router.routes.append(Route("/v1/chat/completions", _GatewayApp.chat, methods=["POST"]))
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     return app
+
+
+class _GatewayApp(FastAPI):
+    """FastAPI, with ``POST /v1/chat/completions`` answered before the middleware stack and the router.
+
+    The chat route is the gateway's hot path (see :mod:`diffpo_integrations.gateway.chat` for the
+    cost this saves); every other route, and the chat route's 405 for other methods, are FastAPI's.
+    Once middleware has been added to the app, every request goes through it, the chat route too.
+    """
+
+    chat = ChatCompletions()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == "/v1/chat/completions"
+            and not self.user_middleware
+        ):
+            scope["app"] = self
+            await self.chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _state(request: Request) -> GatewayState:
@@ -70,122 +88,10 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-def _authorize(state: GatewayState, request: Request) -> None:
-    key = state.config.api_key
-    if key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode()):
-        return
-    raise GatewayError(
-        401,
-        "missing or invalid API key: send `Authorization: Bearer <key>` (the openai SDK's api_key)",
-        "authentication_error",
-        code="invalid_api_key",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except ValueError as exc:
-        raise GatewayError(400, f"the request body is not JSON: {exc}", "invalid_request_error") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-        msg = "the request body must be a JSON object with a non-empty 'messages' list"
-        raise GatewayError(400, msg, "invalid_request_error", param="messages")
-    return body
-
-
-def _plan(state: GatewayState, body: dict[str, Any], request: Request) -> RequestPlan:
-    try:
-        return plan_request(
-            body,
-            request.headers,
-            keep_prefix_tokens=state.config.keep_prefix_tokens,
-            max_new_tokens=state.config.max_new_tokens,
-        )
-    except InputError as exc:
-        raise GatewayError(400, str(exc), "invalid_request_error", param="diffpo") from exc
-
-
-async def chat_completions(request: Request) -> Response:
-    """OpenAI's chat completion: the upstream writes the draft, the aligner rewrites it."""
-    state = _state(request)
-    status = 500
-    try:
-        _authorize(state, request)
-        body = await _body(request)
-        plan = _plan(state, body, request)
-        headers = state.upstream_headers(request.headers)
-        slot = AsyncExitStack()
-        await slot.enter_async_context(state.admission.slot())
-        try:
-            if body.get("stream"):
-                response = await _streamed(state, body, plan, headers, slot)
-            else:
-                async with slot:
-                    response = await _whole(state, body, plan, headers)
-        except BaseException:
-            await slot.aclose()
-            raise
-        status = response.status_code
-        return response
-    except GatewayError as exc:
-        status = exc.status
-        raise
-    finally:
-        state.metrics.count("diffpo_gateway_requests_total", ("status", str(status)))
-
-
-async def _whole(state: GatewayState, body: dict[str, Any], plan: RequestPlan, headers: dict[str, str]) -> Response:
-    started = time.perf_counter()
-    payload = await state.upstream.chat(plan.upstream_body, headers)
-    state.metrics.observe("diffpo_gateway_upstream_seconds", time.perf_counter() - started)
-    if not plan.align:
-        assert plan.reason is not None
-        state.metrics.count("diffpo_gateway_passthrough_total", ("reason", plan.reason))
-        payload["diffpo"] = passthrough_meta(plan.reason)
-        return JSONResponse(payload, headers={"x-diffpo-aligned": "false"})
-    answer, aligned = await align_completion(state, body, payload, plan)
-    return JSONResponse(answer, headers={"x-diffpo-aligned": "true" if aligned else "false"})
-
-
-async def _streamed(
-    state: GatewayState, body: dict[str, Any], plan: RequestPlan, headers: dict[str, str], slot: AsyncExitStack
-) -> Response:
-    upstream = AsyncExitStack()
-    # Opened here, before the answer starts, so an upstream failure keeps its HTTP status.
-    events = await upstream.enter_async_context(state.upstream.stream_chat(plan.upstream_body, headers))
-    if not plan.align:
-        assert plan.reason is not None
-        state.metrics.count("diffpo_gateway_passthrough_total", ("reason", plan.reason))
-        return StreamingResponse(
-            _forward(events, upstream, slot), media_type="text/event-stream", headers={"x-diffpo-aligned": "false"}
-        )
-    return StreamingResponse(stream_answer(state, body, plan, events, upstream, slot), media_type="text/event-stream")
-
-
-async def _forward(
-    events: AsyncIterator[dict[str, Any]], upstream: AsyncExitStack, slot: AsyncExitStack
-) -> AsyncIterator[bytes]:
-    try:
-        try:
-            async for event in events:
-                yield sse(event)
-        except GatewayError as exc:
-            yield sse(exc.body)
-            return
-        yield sse("[DONE]")
-    finally:
-        await upstream.aclose()
-        await slot.aclose()
-
-
 async def models(request: Request) -> Response:
     """The upstream's ``GET /v1/models``, proxied."""
     state = _state(request)
-    _authorize(state, request)
+    state.authorize(request.headers.get("authorization"))
     status, payload = await state.upstream.get("/models", state.upstream_headers(request.headers))
     if isinstance(payload, str):
         return PlainTextResponse(payload, status_code=status)

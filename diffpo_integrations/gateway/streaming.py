@@ -23,7 +23,7 @@ from diffpo_integrations.gateway.answers import (
     finish_reason,
     record_result,
 )
-from diffpo_integrations.gateway.state import GatewayState
+from diffpo_integrations.gateway.state import GatewayState, Slot
 from diffpo_integrations.gateway.wire import GatewayError, sse
 
 __all__ = ["stream_answer"]
@@ -47,9 +47,9 @@ async def stream_answer(
     plan: RequestPlan,
     events: AsyncIterator[dict[str, Any]],
     upstream: AsyncExitStack,
-    slot: AsyncExitStack,
+    slot: Slot,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed chat answer; closes ``upstream`` as soon as it is read, ``slot`` at the end."""
+    """The SSE body of a streamed chat answer; closes ``upstream`` as soon as it is read, releases ``slot`` at the end."""
     try:
         drafts: dict[int, _Draft] = {}
         base: dict[str, Any] = {}
@@ -96,7 +96,7 @@ async def stream_answer(
             yield sse({**base, "choices": [], "usage": usage})
         yield sse("[DONE]")
     finally:
-        await slot.aclose()
+        slot.release()
 
 
 def _early(state: GatewayState, body: dict[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""The gateway in process: a scripted upstream (httpx.MockTransport) and the mock aligner (mock_tgi)."""
+"""The gateway in process: a scripted loopback upstream and the mock aligner (mock_tgi)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from fastapi.testclient import TestClient
 from gateway_fakes import (
     DRAFT,
     MESSAGES,
@@ -17,9 +18,13 @@ from gateway_fakes import (
     completion,
     expected,
     gateway,
+    serve_upstream,
     sse_events,
     stream_events,
 )
+
+from diffpo_integrations.backends.testing import mock_tgi
+from diffpo_integrations.gateway import GatewayConfig, create_gateway_app
 
 CHAT = "/v1/chat/completions"
 
@@ -235,7 +240,7 @@ def test_slow_upstream_is_a_504_naming_it() -> None:
     assert response.status_code == 504
     assert (
         response.json()["error"]["message"]
-        == f"the upstream {upstream.url} did not answer in time (SocketTimeoutError)"
+        == f"the upstream {upstream.url} did not answer in time: no answer within 0.3 s"
     )
 
 
@@ -326,3 +331,58 @@ def test_metrics_count_requests_alignments_and_pass_throughs() -> None:
     assert 'diffpo_gateway_passthrough_total{reason="opt_out"} 1' in text
     assert "diffpo_gateway_upstream_seconds_count 2" in text
     assert "diffpo_gateway_aligner_seconds_count 1" in text
+
+
+# -- the chat route's own path ahead of FastAPI ------------------------------------------------
+
+
+def test_other_methods_on_the_chat_route_are_405_and_unknown_routes_404() -> None:
+    with gateway(ScriptedUpstream([completion([DRAFT])])) as (client, _):
+        wrong_method = client.get(CHAT)
+        unknown = client.post("/v1/completions", json={"prompt": "x"})
+    assert (wrong_method.status_code, wrong_method.headers["allow"]) == (405, "POST")
+    assert unknown.status_code == 404
+
+
+def test_an_unexpected_failure_is_a_500_in_openai_shape_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in the gateway")
+
+    with gateway(ScriptedUpstream([completion([DRAFT])])) as (client, _):
+        client.app.state.gateway.upstream.chat = broken  # type: ignore[attr-defined]
+        response = client.post(CHAT, json={"messages": MESSAGES})
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "the gateway failed unexpectedly; its log has the details",
+            "type": "internal_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert 'diffpo_gateway_requests_total{status="500"} 1' in metrics
+    assert "RuntimeError: a bug in the gateway" in caplog.text
+
+
+def test_middleware_added_to_the_app_sees_the_chat_route_too() -> None:
+    seen: list[str] = []
+
+    class Record:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append(f"{scope['method']} {scope['path']}")
+            await self.app(scope, receive, send)
+
+    upstream = ScriptedUpstream([completion([DRAFT])])
+    with mock_tgi(), serve_upstream(upstream):
+        app = create_gateway_app(GatewayConfig(upstream=upstream.url, aligner_urls=["http://mock-tgi"]))
+        app.add_middleware(Record)
+        with TestClient(app) as client:
+            response = client.post(CHAT, json={"messages": MESSAGES}, headers={"x-diffpo-align": "off"})
+            client.get("/v1/models")
+    assert response.json()["choices"][0]["message"]["content"] == DRAFT
+    assert seen == ["POST /v1/chat/completions", "GET /v1/models"]
