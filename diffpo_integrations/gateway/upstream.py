@@ -53,6 +53,14 @@ class Upstream:
 
     async def _error_answer(self, response: Response) -> GatewayError:
         raw = await self._read(response)
+        if response.status < 400:
+            # Not followed: a chat request re-sent elsewhere could lose its body or its key.
+            where = response.headers.get("location", "an unnamed place")
+            msg = (
+                f"the upstream {self.base_url} answered HTTP {response.status}, a redirect to {where}: "
+                "give the gateway the final URL as its upstream"
+            )
+            return GatewayError(502, msg, "upstream_error", code=str(response.status))
         try:
             payload: Any = json.loads(raw)
         except ValueError:
@@ -73,7 +81,7 @@ class Upstream:
         """
         response = await self._send("POST", "/chat/completions", headers, body)
         async with response:
-            if response.status >= 400:
+            if response.status >= 300:
                 raise await self._error_answer(response)
             return await self._read(response)
 
@@ -117,7 +125,7 @@ class Upstream:
         # Closed, not returned to the pool, unless the stream was read to its end: the upstream
         # stops generating when the gateway leaves early.
         async with response:
-            if response.status >= 400:
+            if response.status >= 300:
                 raise await self._error_answer(response)
             yield self._events(response)
 

@@ -81,6 +81,7 @@ class Reply:
     status: int
     body: Any
     delay: float = 0.0
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -113,7 +114,7 @@ class ScriptedUpstream:
         answer = self._next()
         if isinstance(answer, Reply):
             await asyncio.sleep(answer.delay)
-            return web.json_response(answer.body, status=answer.status)
+            return web.json_response(answer.body, status=answer.status, headers=answer.headers)
         if isinstance(answer, list):
             return await self._stream(request, answer)
         return web.json_response(answer)

@@ -233,6 +233,23 @@ def test_unreachable_upstream_is_a_502_naming_it(dead_url: str) -> None:
             assert error["message"].startswith(f"could not reach the upstream {dead_url}/v1: ")
 
 
+def test_a_redirecting_upstream_is_a_502_that_names_where_it_points() -> None:
+    moved = "https://api.example.com/v1/chat/completions"
+    upstream = ScriptedUpstream([Reply(307, {"moved": True}, headers={"Location": moved})])
+    with gateway(upstream) as (client, _):
+        whole = client.post(CHAT, json={"messages": MESSAGES})
+        streamed = client.post(CHAT, json={"messages": MESSAGES, "stream": True})
+    for response in (whole, streamed):
+        assert response.status_code == 502
+        assert response.json()["error"] == {
+            "message": f"the upstream {upstream.url} answered HTTP 307, a redirect to {moved}: "
+            "give the gateway the final URL as its upstream",
+            "type": "upstream_error",
+            "param": None,
+            "code": "307",
+        }
+
+
 def test_slow_upstream_is_a_504_naming_it() -> None:
     upstream = ScriptedUpstream([Reply(200, completion([DRAFT]), delay=2.0)])
     with gateway(upstream, upstream_timeout=0.3) as (client, _):
