@@ -79,11 +79,11 @@ class ChatCompletions:
                 response = await _streamed(state, body, plan, upstream_headers, slot)
             else:
                 try:
-                    status, payload, aligned = await _whole(state, body, plan, upstream_headers)
+                    payload, aligned = await _whole(state, body, plan, upstream_headers)
                 finally:
                     slot.release()
-                await send_json(send, status, payload, {"x-diffpo-aligned": "true" if aligned else "false"})
-                return status
+                await send_json(send, 200, payload, {"x-diffpo-aligned": "true" if aligned else "false"})
+                return 200
         except BaseException:
             slot.release()
             raise
@@ -127,8 +127,8 @@ def _plan(state: GatewayState, body: dict[str, Any], headers: Mapping[str, str])
 
 async def _whole(
     state: GatewayState, body: dict[str, Any], plan: RequestPlan, headers: dict[str, str]
-) -> tuple[int, dict[str, Any], bool]:
-    """The status, the answer and whether it was aligned."""
+) -> tuple[dict[str, Any], bool]:
+    """The answer, and whether it was aligned."""
     started = time.perf_counter()
     payload = await state.upstream.chat(plan.upstream_body, headers)
     state.metrics.observe("diffpo_gateway_upstream_seconds", time.perf_counter() - started)
@@ -136,9 +136,8 @@ async def _whole(
         assert plan.reason is not None
         state.metrics.count("diffpo_gateway_passthrough_total", ("reason", plan.reason))
         payload["diffpo"] = passthrough_meta(plan.reason)
-        return 200, payload, False
-    answer, aligned = await align_completion(state, body, payload, plan)
-    return 200, answer, aligned
+        return payload, False
+    return await align_completion(state, body, payload, plan)
 
 
 async def _streamed(

@@ -72,34 +72,19 @@ class Upstream:
             err.headers["Retry-After"] = retry_after
         return err
 
-    async def chat_bytes(self, body: bytes, headers: Mapping[str, str]) -> bytes:
-        """POST ``/chat/completions`` (not streamed) and return the answer's body as it came.
-
-        Raises:
-            GatewayError: the upstream answered an error (its status and body), or could not be reached
-                (502) or did not answer in time (504).
-        """
-        response = await self._send("POST", "/chat/completions", headers, body)
-        async with response:
-            if response.status >= 300:
-                raise await self._error_answer(response)
-            return await self._read(response)
-
     async def chat(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
         """POST ``/chat/completions`` (not streamed) and return the decoded answer.
 
         Raises:
-            GatewayError: as :meth:`chat_bytes`, and 502 when the answer is not a JSON object.
+            GatewayError: the upstream answered an error (its status and body) or a redirect (502), could
+                not be reached (502), did not answer in time (504), or answered something other than a
+                JSON object (502).
         """
-        raw = await self.chat_bytes(json.dumps(body).encode(), headers)
-        return self.decode(raw)
-
-    def decode(self, raw: bytes) -> dict[str, Any]:
-        """A chat completion's JSON body as a dict.
-
-        Raises:
-            GatewayError: 502 when it is not a JSON object.
-        """
+        response = await self._send("POST", "/chat/completions", headers, json.dumps(body).encode())
+        async with response:
+            if response.status >= 300:
+                raise await self._error_answer(response)
+            raw = await self._read(response)
         try:
             payload = json.loads(raw)
         except ValueError as exc:
