@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,13 +193,26 @@ def test_a_failed_pass_fails_every_decode_in_it_and_the_scheduler_recovers(monke
             raise MemoryError("out of memory in the packed pass")
         return real_forward(batch)
 
+    real_session = scheduler.session
+    opened = threading.Barrier(3)
+
+    @contextlib.contextmanager
+    def together() -> Iterator[Any]:
+        # All three sessions are open before any feeds, so the first pass holds all three
+        # however the threads are scheduled.
+        with real_session() as session:
+            opened.wait(timeout=60)
+            yield session
+
     monkeypatch.setattr(scheduler, "_forward", flaky)
+    monkeypatch.setattr(scheduler, "session", together)
     prompts = [[1, 2], [3, 4], [5, 6]]
     results = _run_threads(
         scheduler, [lambda p=p: greedy(model, p, max_new_tokens=10, stop_token_ids=[]).tokens for p in prompts]
     )
     assert all(isinstance(results[i], MemoryError) for i in range(3))
     assert _wait_empty(scheduler) == 0
+    monkeypatch.setattr(scheduler, "session", real_session)
     after = _run_threads(scheduler, [lambda: greedy(model, [1, 2], max_new_tokens=10, stop_token_ids=[]).tokens])
     assert after[0] == greedy(model, [1, 2], max_new_tokens=10, stop_token_ids=[]).tokens
 
