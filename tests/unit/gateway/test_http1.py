@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
+import trustme
 
 from diffpo_integrations.gateway.http1 import HTTP1Client
 
@@ -296,31 +294,14 @@ async def test_a_large_unread_body_pauses_the_socket_and_then_arrives_whole() ->
         await client.aclose()
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
-async def test_an_https_upstream_is_reached_over_tls_and_its_certificate_is_checked(
-    tls_files: tuple[Path, Path],
-) -> None:
-    cert, key = tls_files
+async def test_an_https_upstream_is_reached_over_tls_and_its_certificate_is_checked() -> None:
+    authority = trustme.CA()
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(cert, key)
+    authority.issue_cert("127.0.0.1").configure_cert(server_side)
     async with scripted(answer_each, ssl_context=server_side) as server:
-        trusting = HTTP1Client(server.url + "/v1", timeout=5, ssl_context=ssl.create_default_context(cafile=str(cert)))
+        trust = ssl.create_default_context()
+        authority.configure_trust(trust)
+        trusting = HTTP1Client(server.url + "/v1", timeout=5, ssl_context=trust)
         assert await (await trusting.request("GET", "/models")).read() == b'{"path": "/v1/models"}'
         await trusting.aclose()
         default = HTTP1Client(server.url, timeout=5)
