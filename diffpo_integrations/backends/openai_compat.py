@@ -12,6 +12,7 @@ the draft in the prompt; against vLLM pass ``tokenizer=`` (or ``template=`` a to
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
@@ -42,6 +43,8 @@ from diffpo_integrations.core.templates import ChatTemplate, TokenizerTemplate, 
 from diffpo_integrations.core.types import AlignChunk, AlignRequest, AlignResult, FinishReason, PromptMode
 
 __all__ = ["OpenAICompatAligner"]
+
+_log = logging.getLogger(__name__)
 
 _FINISH: dict[str, FinishReason] = {"stop": "eos_token", "length": "length"}
 
@@ -148,6 +151,7 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
         self.use_token_ids = use_token_ids
         self._resolved: tuple[ChatTemplate, Any | None] | None = None
         self._model_checked = model is not None
+        self._ids_refused = False
         self.max_model_len: int | None = None
         """The server's context in tokens, when its ``/v1/models`` says (vLLM's ``max_model_len``)."""
 
@@ -168,7 +172,23 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
     @property
     def sends_token_ids(self) -> bool:
         """Whether prompts go to the server as token ids (a local tokenizer is available and allowed)."""
-        return self.use_token_ids is not False and self._template_and_tokenizer()[1] is not None
+        if self.use_token_ids is False or self._ids_refused:
+            return False
+        return self._template_and_tokenizer()[1] is not None
+
+    def _refuses_ids(self, exc: AlignerError) -> bool:
+        """Whether ``exc`` is a server refusing a token-id prompt, and the next try should send text.
+
+        llama.cpp's server (llama-cpp-python 0.3) types ``prompt`` as text only and answers a list of
+        ids with an HTTP 500 whose message is pydantic's "Input should be a valid string" for
+        ``('body', 'prompt', ...)``.
+        """
+        text = str(exc)
+        if not self.sends_token_ids or "'prompt'" not in text or "valid string" not in text:
+            return False
+        self._ids_refused = True
+        _log.warning("%s refuses token-id prompts; sending text from now on (use_token_ids=False)", self.base_url)
+        return True
 
     def _model_from(self, listing: dict[str, Any] | None) -> None:
         data = (listing or {}).get("data") or []
@@ -353,7 +373,13 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
         prompt = await self._prepare(request, deadline_at)
         body = self._body(request, prompt, False)
         try:
-            response = await self.transport.request("POST", "/v1/completions", body, deadline_at=deadline_at)
+            try:
+                response = await self.transport.request("POST", "/v1/completions", body, deadline_at=deadline_at)
+            except AlignerError as exc:
+                if not self._refuses_ids(exc):
+                    raise
+                body = self._body(request, prompt, False)
+                response = await self.transport.request("POST", "/v1/completions", body, deadline_at=deadline_at)
         except AlignerError as exc:
             raise self._rejected(exc, request, prompt) from exc
         data = response.json()
@@ -364,13 +390,14 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
 
     async def _run_stream(self, request: AlignRequest, deadline_at: float | None) -> AsyncIterator[AlignChunk]:
         prompt = await self._prepare(request, deadline_at)
-        state = _StreamState(prompt, self._decode if self._decodes_ids(prompt) else None)
+        state = _StreamState(prompt)
         first = state.answer.feed(prompt.kept_text)
         if first:
             yield AlignChunk(text=first)
-        body = self._body(request, prompt, True)
         try:
-            async for line in self.transport.lines("POST", "/v1/completions", body, deadline_at=deadline_at):
+            body, lines = await self._open_stream(request, prompt, deadline_at)
+            state.decode = self._decode if self._decodes_ids(prompt) else None
+            async for line in lines:
                 piece = state.feed(line)
                 if piece:
                     yield AlignChunk(text=piece)
@@ -378,6 +405,34 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
             raise self._rejected(exc, request, prompt) from exc
         self._check_budget(request, prompt, body, state.finish, state.completion_tokens())
         yield AlignChunk(text="", result=state.result(self, request))
+
+    async def _open_stream(
+        self, request: AlignRequest, prompt: AlignPrompt, deadline_at: float | None
+    ) -> tuple[dict[str, Any], AsyncIterator[str]]:
+        """The streamed request's body and its lines, sent again as text if the server refuses ids."""
+        body = self._body(request, prompt, True)
+        lines = self.transport.lines("POST", "/v1/completions", body, deadline_at=deadline_at)
+        try:
+            first = await lines.__anext__()
+        except StopAsyncIteration:
+            return body, _replay([], lines)
+        except AlignerError as exc:
+            if not self._refuses_ids(exc):
+                raise
+            body = self._body(request, prompt, True)
+            lines = self.transport.lines("POST", "/v1/completions", body, deadline_at=deadline_at)
+            try:
+                first = await lines.__anext__()
+            except StopAsyncIteration:
+                return body, _replay([], lines)
+        return body, _replay([first], lines)
+
+
+async def _replay(head: list[str], rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    for line in head:
+        yield line
+    async for line in rest:
+        yield line
 
 
 def _sent(prompt: AlignPrompt) -> int:
