@@ -22,12 +22,18 @@ def register(sub: Any) -> None:
         "gateway",
         help="serve an OpenAI-compatible endpoint that aligns an upstream model's answers",
         description=(
-            "Forward each /v1/chat/completions request to the upstream, align its answer with the DiffPO "
+            "Forward each /v1/chat/completions and /v1/responses request to the upstream, align its answer with the DiffPO "
             "aligner, and answer in OpenAI's format. Clients change only their base URL."
         ),
     )
     parser.add_argument(
         "--upstream", required=True, help="the upstream's OpenAI base URL, e.g. http://127.0.0.1:8081/v1"
+    )
+    parser.add_argument(
+        "--upstream-api",
+        choices=["chat_completions", "responses"],
+        default="chat_completions",
+        help="what /v1/responses calls upstream: its chat completions (default), or its own /v1/responses",
     )
     parser.add_argument(
         "--aligner-url",
@@ -106,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     aligner_urls = args.aligner_urls or [default_aligner_url()]
     return GatewayConfig(
         upstream=args.upstream,
+        upstream_api=args.upstream_api,
         aligner_urls=aligner_urls,
         template=args.template,
         keep_prefix_tokens=args.keep_prefix_tokens,

@@ -1,4 +1,4 @@
-"""The gateway's FastAPI app: OpenAI's chat route with aligned answers, models, health and metrics."""
+"""The gateway's FastAPI app: OpenAI's chat and Responses routes with aligned answers, models, health and metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from diffpo_integrations import __version__
 from diffpo_integrations.backends.pool import AlignerPool
 from diffpo_integrations.gateway.chat import ChatCompletions
 from diffpo_integrations.gateway.config import GatewayConfig
+from diffpo_integrations.gateway.responses import create_response
 from diffpo_integrations.gateway.state import GatewayState, build_aligner
 from diffpo_integrations.gateway.wire import GatewayError
 
@@ -35,7 +36,7 @@ def create_gateway_app(
     Example:
         >>> app = create_gateway_app(GatewayConfig(upstream="http://127.0.0.1:8081", aligner_urls=["http://127.0.0.1:8080"]))
         >>> sorted(r.path for r in app.routes if r.path.startswith("/v1"))
-        ['/v1/chat/completions', '/v1/models']
+        ['/v1/chat/completions', '/v1/models', '/v1/responses']
     """
 
     @asynccontextmanager
@@ -55,6 +56,7 @@ def create_gateway_app(
 
     app.router.routes.append(Route("/v1/chat/completions", _GatewayApp.chat, methods=["POST"]))
     app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/v1/responses", create_response, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     return app

@@ -26,7 +26,7 @@ from diffpo_integrations.gateway.state import GatewayState, Slot
 from diffpo_integrations.gateway.streaming import stream_answer
 from diffpo_integrations.gateway.wire import GatewayError, openai_error, sse
 
-__all__ = ["ChatCompletions", "send_json"]
+__all__ = ["ChatCompletions", "plan_completion", "send_json", "whole_completion"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ChatCompletions:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         state.authorize(headers.get("authorization"))
         body = _json_body(await _read_body(receive))
-        plan = _plan(state, body, headers)
+        plan = plan_completion(state, body, headers)
         upstream_headers = state.upstream_headers(headers)
         slot = await state.admission.enter()
         try:
@@ -79,7 +79,7 @@ class ChatCompletions:
                 response = await _streamed(state, body, plan, upstream_headers, slot)
             else:
                 try:
-                    payload, aligned = await _whole(state, body, plan, upstream_headers)
+                    payload, aligned = await whole_completion(state, body, plan, upstream_headers)
                 finally:
                     slot.release()
                 await send_json(send, 200, payload, {"x-diffpo-aligned": "true" if aligned else "false"})
@@ -113,7 +113,12 @@ def _json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _plan(state: GatewayState, body: dict[str, Any], headers: Mapping[str, str]) -> RequestPlan:
+def plan_completion(state: GatewayState, body: dict[str, Any], headers: Mapping[str, str]) -> RequestPlan:
+    """The request's plan under the gateway's defaults.
+
+    Raises:
+        GatewayError: 400 when an option is malformed (the message names it).
+    """
     try:
         return plan_request(
             body,
@@ -125,10 +130,14 @@ def _plan(state: GatewayState, body: dict[str, Any], headers: Mapping[str, str])
         raise GatewayError(400, str(exc), "invalid_request_error", param="diffpo") from exc
 
 
-async def _whole(
+async def whole_completion(
     state: GatewayState, body: dict[str, Any], plan: RequestPlan, headers: dict[str, str]
 ) -> tuple[dict[str, Any], bool]:
-    """The answer, and whether it was aligned."""
+    """The upstream's whole chat completion, aligned as ``plan`` says, and whether it was aligned.
+
+    Raises:
+        GatewayError: the upstream failed, or an alignment failed under ``fail_policy="closed"``.
+    """
     started = time.perf_counter()
     payload = await state.upstream.chat(plan.upstream_body, headers)
     state.metrics.observe("diffpo_gateway_upstream_seconds", time.perf_counter() - started)

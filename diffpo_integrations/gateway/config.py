@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from diffpo_integrations.core.aligner import DEFAULT_MAX_NEW_TOKENS
 from diffpo_integrations.core.types import FailPolicy, PromptMode
 
-__all__ = ["GatewayConfig", "StreamPolicy", "upstream_base"]
+__all__ = ["GatewayConfig", "StreamPolicy", "UpstreamAPI", "upstream_base"]
 
 StreamPolicy = Literal["full_draft", "early"]
+UpstreamAPI = Literal["chat_completions", "responses"]
 
 
 def upstream_base(url: str) -> str:
@@ -41,6 +42,10 @@ class GatewayConfig(BaseModel):
     upstream: str
     """The chat endpoint that writes drafts (OpenAI, vLLM, SGLang, TGI's Messages API, Ollama, ``diffpo serve``);
     its base URL, with or without the trailing ``/v1``."""
+    upstream_api: UpstreamAPI = "chat_completions"
+    """What ``POST /v1/responses`` calls upstream: ``chat_completions`` translates it to the upstream's chat
+    completions; ``responses`` forwards it to the upstream's own ``/v1/responses`` (OpenAI, and servers that
+    have it)."""
     aligner_urls: list[str] = Field(min_length=1)
     """One aligner server, or several (served as an :class:`~diffpo_integrations.backends.AlignerPool`)."""
     template: str | None = None

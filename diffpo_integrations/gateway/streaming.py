@@ -8,8 +8,8 @@ answer with tool calls is forwarded event by event as the upstream sent it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from diffpo_integrations.gateway.answers import (
 from diffpo_integrations.gateway.state import GatewayState, Slot
 from diffpo_integrations.gateway.wire import GatewayError, sse
 
-__all__ = ["stream_answer"]
+__all__ = ["answer_events", "stream_answer"]
 
 _BASE_KEYS = ("id", "created", "model", "system_fingerprint")
 
@@ -50,6 +50,26 @@ async def stream_answer(
     slot: Slot,
 ) -> AsyncIterator[bytes]:
     """The SSE body of a streamed chat answer; closes ``upstream`` as soon as it is read, releases ``slot`` at the end."""
+    # aclosing: a client that leaves must close the inner generator now (upstream, slot), not at collection.
+    async with aclosing(answer_events(state, body, plan, events, upstream, slot)) as chunks:
+        async for chunk in chunks:
+            yield sse(chunk)
+
+
+async def answer_events(
+    state: GatewayState,
+    body: dict[str, Any],
+    plan: RequestPlan,
+    events: AsyncIterator[dict[str, Any]],
+    upstream: AsyncExitStack,
+    slot: Slot,
+) -> AsyncGenerator[dict[str, Any] | str, None]:
+    """The events of a streamed chat answer: ``chat.completion.chunk`` objects, error bodies, then ``"[DONE]"``
+    (absent after an error).
+
+    Closes ``upstream`` as soon as it is read and releases ``slot`` at the end; the Responses route
+    translates these same events.
+    """
     try:
         drafts: dict[int, _Draft] = {}
         base: dict[str, Any] = {}
@@ -62,7 +82,7 @@ async def stream_answer(
             async for event in events:
                 base = base or {k: event[k] for k in _BASE_KEYS if k in event}
                 if forwarded or "error" in event:
-                    yield sse(event)
+                    yield event
                     continue
                 usage = event.get("usage") or usage
                 held.append(event)
@@ -70,19 +90,19 @@ async def stream_answer(
                     forwarded = True
                     state.metrics.count("diffpo_gateway_passthrough_total", ("reason", "tool_calls"))
                     for raw in held:
-                        yield sse(raw)
+                        yield raw
                     continue
                 if early is not None and 0 in drafts and complete_words(drafts[0].text) >= early:
                     usage = None  # the upstream was stopped: its usage figures are unknown
                     break
         except GatewayError as exc:
-            yield sse(exc.body)
+            yield exc.body
             return
         finally:
             state.metrics.observe("diffpo_gateway_upstream_seconds", time.perf_counter() - started)
             await upstream.aclose()
         if forwarded:
-            yield sse("[DONE]")
+            yield "[DONE]"
             return
         base = {**base, "object": "chat.completion.chunk"}
         conversation = conversation_or_error(body.get("messages"))
@@ -93,8 +113,8 @@ async def stream_answer(
         except _StreamFailed:
             return
         if (body.get("stream_options") or {}).get("include_usage"):
-            yield sse({**base, "choices": [], "usage": usage})
-        yield sse("[DONE]")
+            yield {**base, "choices": [], "usage": usage}
+        yield "[DONE]"
     finally:
         slot.release()
 
@@ -123,10 +143,10 @@ async def _aligned_choice(
     plan: RequestPlan,
     base: dict[str, Any],
     index: int,
-) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+) -> AsyncIterator[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return sse({**base, "choices": [choice], **extra})
+        return {**base, "choices": [choice], **extra}
 
     yield chunk({"role": "assistant", "content": ""})
     result: AlignResult | None = None
@@ -148,11 +168,11 @@ async def _aligned_choice(
                 state.config.fail_policy, draft.text, exc, endpoint=state.aligner.endpoint, emitted=emitted
             )
         except DiffPOError:
-            yield sse(aligner_failure(exc, state.aligner.endpoint).body)
+            yield aligner_failure(exc, state.aligner.endpoint).body
             raise _StreamFailed from exc
         yield chunk({"role": "assistant", "content": draft.text})
     if result is None:
-        yield sse(aligner_failure(DiffPOError("the aligner's stream ended without a result"), None).body)
+        yield aligner_failure(DiffPOError("the aligner's stream ended without a result"), None).body
         raise _StreamFailed
     record_result(state, result)
     yield chunk({}, finish_reason(result, draft.finish), diffpo=result.metadata())

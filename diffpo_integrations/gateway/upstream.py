@@ -95,6 +95,27 @@ class Upstream:
             raise GatewayError(502, msg, "upstream_error")
         return payload
 
+    async def responses(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+        """POST ``/responses`` (not streamed), for upstreams with their own Responses API; the decoded answer.
+
+        Raises:
+            GatewayError: as :meth:`chat`.
+        """
+        response = await self._send("POST", "/responses", headers, json.dumps(body).encode())
+        async with response:
+            if response.status >= 300:
+                raise await self._error_answer(response)
+            raw = await self._read(response)
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            msg = f"the upstream {self.base_url} answered non-JSON: {raw[:200]!r}"
+            raise GatewayError(502, msg, "upstream_error") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("output"), list):
+            msg = f"the upstream {self.base_url} answered JSON that is not a response object: {raw[:200]!r}"
+            raise GatewayError(502, msg, "upstream_error")
+        return payload
+
     @asynccontextmanager
     async def stream_chat(
         self, body: Mapping[str, Any], headers: Mapping[str, str]
