@@ -10,6 +10,7 @@ from typing import Any
 
 from diffpo_integrations.cli._common import add_aligner_args, fail, make_aligner
 from diffpo_integrations.core.errors import DiffPOError
+from diffpo_integrations.core.repetition import finish_label
 from diffpo_integrations.core.types import AlignResult
 
 __all__ = ["register", "run", "side_by_side"]
@@ -54,7 +55,7 @@ def side_by_side(result: AlignResult, width: int = 100) -> str:
         rows.append(f"{a:<{col}} | {b}")
     meta = (
         f"kept prefix: {result.kept_prefix_tokens} tokens ({result.kept_prefix!r}), generated {result.generated_tokens} tokens, "
-        f"finish: {result.finish_reason}, latency: {result.latency_s * 1000:.0f} ms, endpoint: {result.endpoint}"
+        f"finish: {finish_label(result)}, latency: {result.latency_s * 1000:.0f} ms, endpoint: {result.endpoint}"
     )
     return "\n".join([*rows, "", meta])
 

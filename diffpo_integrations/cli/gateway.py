@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from diffpo_integrations.cli._common import fail
-from diffpo_integrations.server_flags import read_api_key_file
+from diffpo_integrations.server.flags import read_api_key_file
 
 __all__ = ["config_from_args", "register", "run"]
 

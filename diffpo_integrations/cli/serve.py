@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from diffpo_integrations.cli._common import fail
-from diffpo_integrations.server_flags import add_server_arguments, server_options
+from diffpo_integrations.server.flags import add_server_arguments, server_options
 
 __all__ = ["register", "run"]
 

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from diffpo_integrations.server.config import ServerConfig
+from diffpo_integrations.server.flags import add_server_arguments, server_options
 from diffpo_integrations.server.serve import run_server
-from diffpo_integrations.server_flags import add_server_arguments, server_options
 
 __all__ = ["main"]
 

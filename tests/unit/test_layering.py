@@ -13,15 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "diffpo_integrations"
 ALLOWED = {
     "core": set(),
     "wire": {"core"},
-    "server_flags": {"core"},
     "engine": {"core"},
     "backends": {"core", "engine"},
-    "server": {"core", "engine", "backends", "server_flags", "wire"},
+    "server": {"core", "engine", "backends", "wire"},
     "langchain": {"core", "backends"},
     "llama_index": {"core", "backends"},
     "gateway": {"core", "backends", "wire"},
     "evaluation": {"core", "backends", "langchain", "llama_index", "data"},
-    "cli": {"core", "backends", "engine", "server", "server_flags", "wire", "gateway", "evaluation", "data"},
+    "cli": {"core", "backends", "engine", "server", "wire", "gateway", "evaluation", "data"},
 }
 
 

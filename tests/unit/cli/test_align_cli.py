@@ -87,3 +87,14 @@ def test_empty_draft_is_an_input_error(capsys: pytest.CaptureFixture[str]) -> No
     assert status == 1
     err = capsys.readouterr().err
     assert err.startswith("diffpo: error: InputError: the draft is empty or whitespace")
+
+
+def test_side_by_side_marks_an_answer_that_ran_out_of_budget_in_a_loop() -> None:
+    from diffpo_integrations.cli.align import side_by_side
+    from diffpo_integrations.core.types import AlignResult
+
+    loop = AlignResult(text="Intro. " + "Lava and Lava, " * 12, draft=DRAFT, finish_reason="length")
+    long = AlignResult(text=DRAFT, draft=DRAFT, finish_reason="length")
+    assert "finish: length (repeating)," in side_by_side(loop)
+    assert "finish: length," in side_by_side(long)
+    assert "repeating" not in side_by_side(long)

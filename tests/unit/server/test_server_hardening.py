@@ -11,7 +11,7 @@ import pytest
 from server_fakes import TinyLoaded, greedy_reference, make_client
 
 from diffpo_integrations.server import ServerConfig
-from diffpo_integrations.server_flags import add_server_arguments, server_options
+from diffpo_integrations.server.flags import add_server_arguments, server_options
 
 
 class _Counting:

@@ -1,7 +1,8 @@
 """The embedded server's command-line flags, shared by ``diffpo serve`` and ``python -m diffpo_integrations.server``.
 
-A leaf module (argparse and core only): the CLI and the server both import it, so neither imports
-the other, and building the CLI's parser does not need the ``server`` extra.
+It imports argparse and core only, and the package's ``__init__`` loads the app lazily, so the
+CLI builds its parser from here on a machine without the ``server`` extra (``diffpo gateway``
+reads its key files with :func:`read_api_key_file` too).
 """
 
 from __future__ import annotations
