@@ -29,6 +29,7 @@ import httpx2
 
 __all__ = [
     "ENGINES_SCRIPT",
+    "HEALTH",
     "EngineServer",
     "EngineStartError",
     "VLLM_SERVED_NAME",
@@ -77,6 +78,8 @@ class EngineServer:
 def running_server(name: str, variable: str) -> EngineServer | None:
     """The server at ``$variable`` (a URL), when set: reuse an engine already started by hand.
 
+    ``name`` is ``"vLLM"`` or ``"llama.cpp"``.
+
     Raises:
         EngineStartError: the URL does not answer ``/health``.
     """
@@ -84,14 +87,14 @@ def running_server(name: str, variable: str) -> EngineServer | None:
     if not url:
         return None
     try:
-        healthy = httpx2.get(f"{url}/health", timeout=5.0).status_code == 200
+        healthy = httpx2.get(f"{url}{HEALTH[name]}", timeout=5.0).status_code == 200
     except httpx2.HTTPError as exc:
         healthy = False
         why = f": {exc}"
     else:
         why = ""
     if not healthy:
-        msg = f"{variable}={url} does not answer /health{why}; unset it to start {name} instead"
+        msg = f"{variable}={url} does not answer {HEALTH[name]}{why}; unset it to start {name} instead"
         raise EngineStartError(msg)
     return EngineServer(name, url, None, None, 0.0)
 
@@ -201,11 +204,16 @@ def llama_cpp_command(python: Path, gguf: Path, port: int, *, n_ctx: int = 2048,
     ]
 
 
+HEALTH = {"vLLM": "/health", "llama.cpp": "/v1/models"}
+"""The route that answers 200 once each engine serves (llama-cpp-python's server has no ``/health``)."""
+
 _VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
 
 @contextlib.contextmanager
-def _server(name: str, command: list[str], env: dict[str, str], start_timeout_s: float) -> Iterator[EngineServer]:
+def _server(
+    name: str, command: list[str], env: dict[str, str], start_timeout_s: float, health: str
+) -> Iterator[EngineServer]:
     port = int(command[command.index("--port") + 1])
     url = f"http://127.0.0.1:{port}"
     # The engine's own venv: nothing of this project's environment may leak into it.
@@ -229,10 +237,10 @@ def _server(name: str, command: list[str], env: dict[str, str], start_timeout_s:
                 msg = f"{name} exited with status {process.returncode} during start-up; its log ends:\n{server.log_tail()}"
                 raise EngineStartError(msg)
             if time.monotonic() - start > start_timeout_s:
-                msg = f"{name} did not answer {url}/health within {start_timeout_s:.0f} s; its log ends:\n{server.log_tail()}"
+                msg = f"{name} did not answer {url}{health} within {start_timeout_s:.0f} s; its log ends:\n{server.log_tail()}"
                 raise EngineStartError(msg)
             with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"{url}/health", timeout=2.0).status_code == 200:
+                if httpx2.get(f"{url}{health}", timeout=2.0).status_code == 200:
                     break
             time.sleep(0.5)
         yield EngineServer(name, url, process, log, time.monotonic() - start)
@@ -249,7 +257,7 @@ def vllm_server(
         EngineStartError: vLLM is not built, exits, or is not healthy within ``start_timeout_s``.
     """
     command = vllm_command(engine_python("vllm"), engines_model_dir(), port or free_port(), max_model_len=max_model_len)
-    return _server("vllm", command, _VLLM_ENV, start_timeout_s)
+    return _server("vLLM", command, _VLLM_ENV, start_timeout_s, HEALTH["vLLM"])
 
 
 def llama_cpp_server(
@@ -261,4 +269,4 @@ def llama_cpp_server(
         EngineStartError: llama.cpp's server is not built, exits, or is not healthy in time.
     """
     command = llama_cpp_command(engine_python("llama_cpp"), gguf, port or free_port(), n_ctx=n_ctx)
-    return _server("llama.cpp", command, {}, start_timeout_s)
+    return _server("llama.cpp", command, {}, start_timeout_s, HEALTH["llama.cpp"])
