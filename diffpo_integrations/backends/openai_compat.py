@@ -307,10 +307,17 @@ class OpenAICompatAligner(TransportCalls, BaseAligner):
         return self.sends_token_ids and prompt.split_tokens > 0
 
     def _decode(self, prompt: AlignPrompt, generated: list[int]) -> str:
-        """The split character's kept tokens plus the generated ones, as text (the official decode)."""
+        """The answer's text after ``kept_text``: kept and generated tokens decoded together (the official decode)."""
         tokenizer = self._template_and_tokenizer()[1]
         assert tokenizer is not None  # token ids are sent only with a local tokenizer
-        split = prompt.ids[len(prompt.ids) - prompt.split_tokens :]
+        kept = prompt.ids[prompt.prompt_tokens :]
+        whole = str(tokenizer.decode([*kept, *generated], skip_special_tokens=True))
+        # The split tokens' text can start before the text cut (a space merged with an emoji's first
+        # bytes): that part is in ``kept_text`` already, so cut the whole decode at its end.
+        if whole.startswith(prompt.kept_text):
+            return whole[len(prompt.kept_text) :]
+        # A kept special token the decode skips: fall back to the split and generated tokens alone.
+        split = kept[len(kept) - prompt.split_tokens :]
         return str(tokenizer.decode([*split, *generated], skip_special_tokens=True))
 
     def _result(
