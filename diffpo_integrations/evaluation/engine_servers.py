@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ __all__ = [
     "EngineServer",
     "EngineStartError",
     "VLLM_SERVED_NAME",
+    "diffpo_serve_server",
     "engine_python",
     "engines_model_dir",
     "free_port",
@@ -204,7 +206,7 @@ def llama_cpp_command(python: Path, gguf: Path, port: int, *, n_ctx: int = 2048,
     ]
 
 
-HEALTH = {"vLLM": "/health", "llama.cpp": "/v1/models"}
+HEALTH = {"vLLM": "/health", "llama.cpp": "/v1/models", "diffpo serve": "/health"}
 """The route that answers 200 once each engine serves (llama-cpp-python's server has no ``/health``)."""
 
 _VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
@@ -212,12 +214,13 @@ _VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAG
 
 @contextlib.contextmanager
 def _server(
-    name: str, command: list[str], env: dict[str, str], start_timeout_s: float, health: str
+    name: str, command: list[str], env: dict[str, str], start_timeout_s: float, health: str, *, own_venv: bool = True
 ) -> Iterator[EngineServer]:
     port = int(command[command.index("--port") + 1])
     url = f"http://127.0.0.1:{port}"
-    # The engine's own venv: nothing of this project's environment may leak into it.
-    child_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    # An engine's own venv: nothing of this project's environment may leak into it.
+    drop = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") if own_venv else ()
+    child_env = {k: v for k, v in os.environ.items() if k not in drop}
     child_env.update(env)
     log = Path(tempfile.mkstemp(prefix=f"diffpo-{name}-", suffix=".log")[1])
     start = time.monotonic()
@@ -270,3 +273,18 @@ def llama_cpp_server(
     """
     command = llama_cpp_command(engine_python("llama_cpp"), gguf, port or free_port(), n_ctx=n_ctx)
     return _server("llama.cpp", command, {}, start_timeout_s, HEALTH["llama.cpp"])
+
+
+def diffpo_serve_server(
+    *, port: int | None = None, num_threads: int | None = None, start_timeout_s: float = 180.0
+) -> contextlib.AbstractContextManager[EngineServer]:
+    """Start ``diffpo serve`` (the packaged model) in a child process of this Python; stop it when the block ends.
+
+    Raises:
+        EngineStartError: it exits or is not healthy within ``start_timeout_s``.
+    """
+    command = [sys.executable, "-m", "diffpo_integrations.cli", "serve", "--port", str(port or free_port())]
+    command += ["--log-level", "warning"]
+    if num_threads is not None:
+        command += ["--num-threads", str(num_threads)]
+    return _server("diffpo serve", command, {}, start_timeout_s, HEALTH["diffpo serve"], own_venv=False)
