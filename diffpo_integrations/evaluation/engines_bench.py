@@ -30,6 +30,7 @@ from typing import Any
 from diffpo_integrations.backends import OpenAICompatAligner, TGIAligner
 from diffpo_integrations.core.aligner import BaseAligner
 from diffpo_integrations.data import MT_BENCH_ANSWERS, mt_bench_answers_path, mt_bench_questions_path
+from diffpo_integrations.evaluation.mtbench import read_jsonl
 
 __all__ = [
     "ENGINES",
@@ -38,6 +39,7 @@ __all__ = [
     "EngineCase",
     "EngineRow",
     "build_cases",
+    "edit_tokens",
     "format_engines_table",
     "run_engines_bench",
 ]
@@ -117,8 +119,8 @@ class EngineBenchResult:
         return {**asdict(self), "summary": summary, "speedup": ratios}
 
 
-def _edit(tokens: Sequence[int], rng: random.Random, vocab: Sequence[int], rate: float = 0.1) -> list[int]:
-    """Substitute, insert after, or delete about ``rate`` of the tokens (``bench_engine``'s edit)."""
+def edit_tokens(tokens: Sequence[int], rng: random.Random, vocab: Sequence[int], rate: float = 0.1) -> list[int]:
+    """Substitute, insert after, or delete about ``rate`` of the tokens: how a ``self10`` draft is made."""
     out: list[int] = []
     for token in tokens:
         roll = rng.random()
@@ -131,13 +133,6 @@ def _edit(tokens: Sequence[int], rng: random.Random, vocab: Sequence[int], rate:
     return out
 
 
-def _read_jsonl(path: Any) -> list[dict[str, Any]]:
-    import json
-
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def build_cases(reference: BaseAligner, tokenizer: Any, *, questions: int, seed: int = 0) -> list[EngineCase]:
     """The ``foreign``, ``self`` and ``self10`` cases of the first ``questions`` MT-bench questions.
 
@@ -146,15 +141,15 @@ def build_cases(reference: BaseAligner, tokenizer: Any, *, questions: int, seed:
     """
     special = set(tokenizer.all_special_ids)
     vocab = [i for i in range(len(tokenizer)) if i not in special]
-    answers = {src: {r["question_id"]: r for r in _read_jsonl(mt_bench_answers_path(src))} for src in MT_BENCH_ANSWERS}
+    answers = {src: {r["question_id"]: r for r in read_jsonl(mt_bench_answers_path(src))} for src in MT_BENCH_ANSWERS}
     cases: list[EngineCase] = []
-    for index, question in enumerate(_read_jsonl(mt_bench_questions_path())[:questions]):
+    for index, question in enumerate(read_jsonl(mt_bench_questions_path())[:questions]):
         qid = int(question["question_id"])
         messages = [{"role": "user", "content": str(question["turns"][0])}]
         foreign = str(answers[MT_BENCH_ANSWERS[index % 2]][qid]["choices"][0]["turns"][0])
         own = reference.align(messages, foreign).text
         ids = tokenizer(own, add_special_tokens=False)["input_ids"]
-        edited = str(tokenizer.decode(_edit(ids, random.Random(seed * 1000 + index), vocab)))
+        edited = str(tokenizer.decode(edit_tokens(ids, random.Random(seed * 1000 + index), vocab)))
         for kind, draft in (("foreign", foreign), ("self", own), ("self10", edited)):
             # The self drafts keep the same prefix tokens only if their text tokenizes back the
             # same way, so each case gets its own reference answer.
