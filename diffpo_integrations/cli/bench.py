@@ -91,23 +91,26 @@ def _register_engines(which: Any) -> None:
 
 
 def _engines(args: argparse.Namespace) -> int:
+    from diffpo_integrations.engine.loading import smollm2_gguf_path
     from diffpo_integrations.evaluation.engine_servers import EngineStartError
     from diffpo_integrations.evaluation.engines_bench import format_engines_table, run_engines_bench
 
     def progress(done: int, total: int) -> None:
         print(f"aligned {done}/{total} cases on every engine", file=sys.stderr)
 
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     try:
         result = run_engines_bench(
-            engines=[e.strip() for e in args.engines.split(",") if e.strip()],
+            engines=engines,
             questions=args.questions,
             keep=args.keep,
             max_new_tokens=args.max_new_tokens,
             concurrency=args.concurrency,
             threads=args.threads,
+            gguf=smollm2_gguf_path() if "llama.cpp" in engines else None,
             progress=progress,
         )
-    except (EngineStartError, ValueError) as exc:
+    except (EngineStartError, ValueError, FileNotFoundError) as exc:
         return fail(str(exc))
     print(format_engines_table(result))
     if args.json:

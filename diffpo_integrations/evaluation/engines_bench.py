@@ -25,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from diffpo_integrations.backends import OpenAICompatAligner, TGIAligner
@@ -175,15 +176,21 @@ async def _concurrent(aligner: BaseAligner, cases: Sequence[EngineCase], concurr
     return {"requests": float(concurrency), "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
+def _required(gguf: Path | None) -> Path:
+    if gguf is None:
+        msg = "llama.cpp needs the GGUF it serves: pass gguf= (the CLI passes the packaged SmolLM2 file)"
+        raise ValueError(msg)
+    return gguf
+
+
 @contextlib.contextmanager
-def _servers(engines: Sequence[str], threads: int) -> Iterator[dict[str, Any]]:
-    from diffpo_integrations.engine.loading import smollm2_gguf_path
+def _servers(engines: Sequence[str], threads: int, gguf: Path | None) -> Iterator[dict[str, Any]]:
     from diffpo_integrations.evaluation.engine_servers import diffpo_serve_server, llama_cpp_server, vllm_server
 
     factories: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
         "diffpo serve": lambda: diffpo_serve_server(num_threads=threads),
         "vLLM": vllm_server,
-        "llama.cpp": lambda: llama_cpp_server(smollm2_gguf_path()),
+        "llama.cpp": lambda: llama_cpp_server(_required(gguf)),
     }
     with contextlib.ExitStack() as stack:
         # One at a time: two cold starts side by side on a small CPU would time out each other.
@@ -212,15 +219,18 @@ def run_engines_bench(
     concurrency: int = 8,
     threads: int | None = None,
     seed: int = 0,
+    gguf: Path | None = None,
     progress: Any = None,
 ) -> EngineBenchResult:
     """Start each engine, align every case through each, interleaved, then ``concurrency`` at once per engine.
+
+    ``gguf`` is the file llama.cpp serves (the SmolLM2 GGUF the engines' float32 folder was made from);
+    it is needed only when ``engines`` names llama.cpp.
 
     Raises:
         EngineStartError: an engine is not built (run ``./scripts/engines.sh build``) or does not start.
     """
     from diffpo_integrations.backends.local import LocalAligner
-    from diffpo_integrations.engine.loading import load_model
     from diffpo_integrations.evaluation.engine_servers import engines_model_dir
 
     threads = threads or os.cpu_count() or 1
@@ -228,13 +238,14 @@ def run_engines_bench(
     if unknown or "diffpo serve" not in engines:
         msg = f"engines must include 'diffpo serve' and come from {list(ENGINES)}; got {list(engines)}"
         raise ValueError(msg)
+    if "llama.cpp" in engines:
+        _required(gguf)
     model_dir = str(engines_model_dir())
-    loaded = load_model(model_dir)
-    reference = LocalAligner(loaded, keep_prefix_tokens=keep, max_new_tokens=max_new_tokens, method="greedy")
-    cases = build_cases(reference, loaded.tokenizer, questions=questions, seed=seed)
+    reference = LocalAligner(model_dir, keep_prefix_tokens=keep, max_new_tokens=max_new_tokens, method="greedy")
+    cases = build_cases(reference, reference.engine.loaded.tokenizer, questions=questions, seed=seed)
     load_before = os.getloadavg()
     rows: list[EngineRow] = []
-    with _servers(engines, threads) as servers:
+    with _servers(engines, threads, gguf) as servers:
         aligners = _aligners(servers, model_dir, keep, max_new_tokens)
         for aligner in aligners.values():
             aligner.align(cases[0].messages, cases[0].draft)  # warm-up: connections, lazy start-up work

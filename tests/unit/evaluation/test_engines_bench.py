@@ -46,3 +46,8 @@ def test_the_table_names_each_ratio_and_the_fidelity() -> None:
 def test_engines_must_include_diffpo_serve() -> None:
     with pytest.raises(ValueError, match=r"engines must include 'diffpo serve'.*got \['vLLM'\]"):
         run_engines_bench(engines=["vLLM"])
+
+
+def test_llama_cpp_needs_the_gguf_it_serves() -> None:
+    with pytest.raises(ValueError, match=r"llama.cpp needs the GGUF it serves: pass gguf="):
+        run_engines_bench(engines=["diffpo serve", "llama.cpp"])
