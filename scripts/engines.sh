@@ -91,6 +91,8 @@ export_env() {
   export DIFFPO_VLLM_PYTHON="$VLLM_VENV/bin/python"
   export DIFFPO_LLAMA_CPP_PYTHON="$LLAMA_VENV/bin/python"
   export DIFFPO_ENGINES_MODEL_DIR="$MODEL_DIR"
+  DIFFPO_SMOLLM2_GGUF="$("$(project_python)" -c 'from diffpo_integrations.engine.loading import smollm2_gguf_path; print(smollm2_gguf_path())')"
+  export DIFFPO_SMOLLM2_GGUF
 }
 
 mode="${1:-all}"
@@ -103,6 +105,7 @@ case "$mode" in
     echo "DIFFPO_VLLM_PYTHON=$DIFFPO_VLLM_PYTHON"
     echo "DIFFPO_LLAMA_CPP_PYTHON=$DIFFPO_LLAMA_CPP_PYTHON"
     echo "DIFFPO_ENGINES_MODEL_DIR=$DIFFPO_ENGINES_MODEL_DIR"
+    echo "DIFFPO_SMOLLM2_GGUF=$DIFFPO_SMOLLM2_GGUF"
     ;;
   all | smoke)
     build_all

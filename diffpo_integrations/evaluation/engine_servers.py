@@ -33,9 +33,11 @@ __all__ = [
     "HEALTH",
     "EngineServer",
     "EngineStartError",
+    "VLLM_ENV",
     "VLLM_SERVED_NAME",
     "diffpo_serve_server",
     "engine_python",
+    "engine_server",
     "engines_model_dir",
     "free_port",
     "llama_cpp_command",
@@ -209,19 +211,34 @@ def llama_cpp_command(python: Path, gguf: Path, port: int, *, n_ctx: int = 2048,
 HEALTH = {"vLLM": "/health", "llama.cpp": "/v1/models", "diffpo serve": "/health"}
 """The route that answers 200 once each engine serves (llama-cpp-python's server has no ``/health``)."""
 
-_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+"""vLLM's CPU build on a small machine: a 1 GiB KV cache, no hub lookups, no usage report."""
 
 
 @contextlib.contextmanager
-def _server(
-    name: str, command: list[str], env: dict[str, str], start_timeout_s: float, health: str, *, own_venv: bool = True
+def engine_server(
+    name: str,
+    command: list[str],
+    *,
+    port: int,
+    health: str,
+    env: dict[str, str] | None = None,
+    start_timeout_s: float = 600.0,
+    own_venv: bool = True,
 ) -> Iterator[EngineServer]:
-    port = int(command[command.index("--port") + 1])
+    """Run ``command`` (a server listening on ``127.0.0.1:port``) until ``health`` answers 200; stop it after.
+
+    ``env`` is added to this process's environment; with ``own_venv`` the child gets none of this
+    project's Python variables (``PYTHONPATH``, ``VIRTUAL_ENV``, ``PYTHONHOME``).
+
+    Raises:
+        EngineStartError: the command exits or is not healthy within ``start_timeout_s``.
+    """
     url = f"http://127.0.0.1:{port}"
     # An engine's own venv: nothing of this project's environment may leak into it.
     drop = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") if own_venv else ()
     child_env = {k: v for k, v in os.environ.items() if k not in drop}
-    child_env.update(env)
+    child_env.update(env or {})
     log = Path(tempfile.mkstemp(prefix=f"diffpo-{name}-", suffix=".log")[1])
     start = time.monotonic()
     with log.open("wb") as out:
@@ -259,8 +276,11 @@ def vllm_server(
     Raises:
         EngineStartError: vLLM is not built, exits, or is not healthy within ``start_timeout_s``.
     """
-    command = vllm_command(engine_python("vllm"), engines_model_dir(), port or free_port(), max_model_len=max_model_len)
-    return _server("vLLM", command, _VLLM_ENV, start_timeout_s, HEALTH["vLLM"])
+    port = port or free_port()
+    command = vllm_command(engine_python("vllm"), engines_model_dir(), port, max_model_len=max_model_len)
+    return engine_server(
+        "vLLM", command, port=port, health=HEALTH["vLLM"], env=VLLM_ENV, start_timeout_s=start_timeout_s
+    )
 
 
 def llama_cpp_server(
@@ -271,8 +291,9 @@ def llama_cpp_server(
     Raises:
         EngineStartError: llama.cpp's server is not built, exits, or is not healthy in time.
     """
-    command = llama_cpp_command(engine_python("llama_cpp"), gguf, port or free_port(), n_ctx=n_ctx)
-    return _server("llama.cpp", command, {}, start_timeout_s, HEALTH["llama.cpp"])
+    port = port or free_port()
+    command = llama_cpp_command(engine_python("llama_cpp"), gguf, port, n_ctx=n_ctx)
+    return engine_server("llama.cpp", command, port=port, health=HEALTH["llama.cpp"], start_timeout_s=start_timeout_s)
 
 
 def diffpo_serve_server(
@@ -283,8 +304,12 @@ def diffpo_serve_server(
     Raises:
         EngineStartError: it exits or is not healthy within ``start_timeout_s``.
     """
-    command = [sys.executable, "-m", "diffpo_integrations.cli", "serve", "--port", str(port or free_port())]
+    port = port or free_port()
+    command = [sys.executable, "-m", "diffpo_integrations.cli", "serve", "--port", str(port)]
     command += ["--log-level", "warning"]
     if num_threads is not None:
         command += ["--num-threads", str(num_threads)]
-    return _server("diffpo serve", command, {}, start_timeout_s, HEALTH["diffpo serve"], own_venv=False)
+    health = HEALTH["diffpo serve"]
+    return engine_server(
+        "diffpo serve", command, port=port, health=health, start_timeout_s=start_timeout_s, own_venv=False
+    )

@@ -73,6 +73,12 @@ class EngineRow:
     tokens: int
     identical: bool | None
     """Equal to the reference; ``None`` where the weights differ (llama.cpp)."""
+    passes: int | None = None
+    """Model forward passes the decode took, where the server reports them (``diffpo serve``)."""
+    accepted: int | None = None
+    """Draft tokens the answer kept from the draft, where reported."""
+    decode_s: float | None = None
+    """Seconds the server spent decoding, where reported: the rest is HTTP, queueing and the prompt."""
 
 
 @dataclass
@@ -104,6 +110,36 @@ class EngineBenchResult:
                 }
         return out
 
+    def time_split(self) -> dict[str, dict[str, float]]:
+        """Where ``diffpo serve``'s time went, per draft kind, next to vLLM's cost per token.
+
+        ``passes`` and ``accepted`` are totals; ``ms_per_pass`` is server decode time over passes;
+        ``outside_s`` is client time not spent decoding (HTTP, queueing, prompt building);
+        ``vllm_ms_per_token`` is vLLM's client time over its tokens, one pass per token.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for kind in KINDS:
+            rows = [r for r in self.rows if r.kind == kind and r.engine == "diffpo serve" and r.passes]
+            if not rows:
+                continue
+            passes = sum(r.passes or 0 for r in rows)
+            decode = sum(r.decode_s or 0.0 for r in rows)
+            tokens = sum(r.tokens for r in rows)
+            figures = {
+                "tokens": float(tokens),
+                "passes": float(passes),
+                "tokens_per_pass": tokens / passes,
+                "accepted": float(sum(r.accepted or 0 for r in rows)),
+                "decode_s": decode,
+                "outside_s": sum(r.seconds for r in rows) - decode,
+                "ms_per_pass": 1000 * decode / passes,
+            }
+            vllm = [r for r in self.rows if r.kind == kind and r.engine == "vLLM"]
+            if vllm and sum(r.tokens for r in vllm):
+                figures["vllm_ms_per_token"] = 1000 * sum(r.seconds for r in vllm) / sum(r.tokens for r in vllm)
+            out[kind] = figures
+        return out
+
     def speedup(self, kind: str, engine: str) -> float:
         """How many times faster ``diffpo serve`` answered ``kind`` drafts than ``engine`` (total time)."""
         figures = self.summary()[kind]
@@ -117,7 +153,7 @@ class EngineBenchResult:
             for kind in summary
             if "diffpo serve" in summary[kind]
         }
-        return {**asdict(self), "summary": summary, "speedup": ratios}
+        return {**asdict(self), "summary": summary, "speedup": ratios, "time_split": self.time_split()}
 
 
 def edit_tokens(tokens: Sequence[int], rng: random.Random, vocab: Sequence[int], rate: float = 0.1) -> list[int]:
@@ -164,7 +200,19 @@ def _time_one(engine: str, aligner: BaseAligner, case: EngineCase) -> EngineRow:
     result = aligner.align(case.messages, case.draft)
     seconds = time.perf_counter() - start
     identical = result.text == case.reference if engine in _COMPARED else None
-    return EngineRow(engine, case.kind, case.question_id, seconds, result.generated_tokens, identical)
+    details = result.details
+    passes, accepted, decode_s = (details.get(k) for k in ("forward_passes", "accepted_draft_tokens", "elapsed_s"))
+    return EngineRow(
+        engine,
+        case.kind,
+        case.question_id,
+        seconds,
+        result.generated_tokens,
+        identical,
+        passes=int(passes) if passes is not None else None,
+        accepted=int(accepted) if accepted is not None else None,
+        decode_s=float(decode_s) if decode_s is not None else None,
+    )
 
 
 async def _concurrent(aligner: BaseAligner, cases: Sequence[EngineCase], concurrency: int) -> dict[str, float]:
@@ -303,4 +351,18 @@ def format_engines_table(result: EngineBenchResult) -> str:
     for engine in engines:
         c = result.concurrent[engine]
         lines.append(f"| {engine} | {c['seconds']:.1f} | {c['tokens_per_s']:.1f} |")
+    split = result.time_split()
+    if split:
+        lines += [
+            "",
+            "| diffpo serve, draft | tokens | passes | tokens/pass | accepted | decode s | outside decode s "
+            "| ms/pass | vLLM ms/token |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for kind, f in split.items():
+            vllm = f"{f['vllm_ms_per_token']:.1f}" if "vllm_ms_per_token" in f else "-"
+            lines.append(
+                f"| {kind} | {f['tokens']:.0f} | {f['passes']:.0f} | {f['tokens_per_pass']:.2f} | {f['accepted']:.0f} "
+                f"| {f['decode_s']:.2f} | {f['outside_s']:.2f} | {f['ms_per_pass']:.1f} | {vllm} |"
+            )
     return "\n".join(lines)

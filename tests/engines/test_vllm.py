@@ -7,7 +7,9 @@ greedy continuation of the official fixed prompt must give the very same answer,
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,9 @@ import httpx2
 import pytest
 from conftest import MAX_NEW_TOKENS
 
-from diffpo_integrations.backends import OpenAICompatAligner
+from diffpo_integrations.backends import AlignerPool, OpenAICompatAligner
 from diffpo_integrations.core.errors import AlignerTimeoutError, ContextLengthError
-from diffpo_integrations.evaluation.engine_servers import VLLM_SERVED_NAME, EngineServer
+from diffpo_integrations.evaluation.engine_servers import VLLM_SERVED_NAME, EngineServer, EngineStartError
 
 
 def _aligner(vllm: EngineServer, model_dir: Path, **options: Any) -> OpenAICompatAligner:
@@ -214,3 +216,49 @@ def test_the_deadline_holds_and_vllm_drops_the_request(
         aligner.align([{"role": "user", "content": question}], draft)
     assert time.monotonic() - start < 2.5
     _assert_stopped(vllm, before)
+
+
+@pytest.fixture
+def second_vllm(gguf: Path) -> Any:
+    """A second vLLM replica, started as docs/serving.md says, for one test (about 45 s and 4 GB)."""
+    from conftest import docs_server
+
+    try:
+        manager = docs_server("vLLM", gguf)
+        server = manager.__enter__()
+    except EngineStartError as exc:
+        pytest.fail(f"the second vLLM could not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        manager.__exit__(None, None, None)
+
+
+@pytest.mark.timeout(1200)  # a second vLLM start: about 45 s idle, several minutes on a busy 2-core CPU
+async def test_a_pool_of_two_replicas_with_one_killed_mid_batch_gives_official_answers(
+    vllm: EngineServer,
+    second_vllm: EngineServer,
+    model_dir: Path,
+    reference: Any,
+    drafts: list[tuple[int, str, str]],
+) -> None:
+    members = [_aligner(s, model_dir, max_retries=0, timeout=120) for s in (vllm, second_vllm)]
+    pool = AlignerPool(members, failure_threshold=1, cooldown=600, max_retries=2, backoff=0.1)
+    cases = [([{"role": "user", "content": q}], d) for _, q, d in drafts] * 2
+    expected = [reference.align(m, d, max_new_tokens=64) for m, d in cases]
+    batch = [asyncio.ensure_future(pool.aalign(m, d, max_new_tokens=64)) for m, d in cases]
+    started = time.monotonic()
+    while pool.stats()[second_vllm.url].outstanding == 0:
+        assert time.monotonic() - started < 30, pool.stats()
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # mid-generation: 64 tokens take seconds on this CPU
+    assert second_vllm.process is not None
+    os.killpg(second_vllm.process.pid, signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(*batch), 300)
+    assert [r.text for r in results] == [e.text for e in expected]
+    assert [r.generated_tokens for r in results] == [e.generated_tokens for e in expected]
+    stats = pool.stats()
+    assert stats[second_vllm.url].failures >= 1  # requests it had in flight failed, and were served again
+    assert stats[second_vllm.url].state == "open"
+    assert {r.endpoint for r in results} <= {vllm.url, second_vllm.url}
+    assert all(r.aligned for r in results)

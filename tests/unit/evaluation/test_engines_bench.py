@@ -51,3 +51,27 @@ def test_engines_must_include_diffpo_serve() -> None:
 def test_llama_cpp_needs_the_gguf_it_serves() -> None:
     with pytest.raises(ValueError, match=r"llama.cpp needs the GGUF it serves: pass gguf="):
         run_engines_bench(engines=["diffpo serve", "llama.cpp"])
+
+
+def test_the_time_split_says_where_diffpo_serve_spent_its_time() -> None:
+    rows = [
+        EngineRow("diffpo serve", "self10", 81, 1.0, 40, True, passes=8, accepted=30, decode_s=0.8),
+        EngineRow("diffpo serve", "self10", 82, 1.0, 20, True, passes=2, accepted=18, decode_s=0.2),
+        EngineRow("vLLM", "self10", 81, 3.0, 60, True),
+    ]
+    concurrent = {e: {"requests": 8.0, "seconds": 4.0, "tokens_per_s": 80.0} for e in ("diffpo serve", "vLLM")}
+    result = EngineBenchResult(rows, concurrent, {}, {"concurrency": 8})
+    split = result.time_split()
+    assert split == {
+        "self10": {
+            "tokens": 60.0,
+            "passes": 10.0,
+            "tokens_per_pass": 6.0,
+            "accepted": 48.0,
+            "decode_s": 1.0,
+            "outside_s": 1.0,
+            "ms_per_pass": 100.0,
+            "vllm_ms_per_token": 50.0,
+        }
+    }
+    assert "| self10 | 60 | 10 | 6.00 | 48 | 1.00 | 1.00 | 100.0 | 50.0 |" in format_engines_table(result).splitlines()
