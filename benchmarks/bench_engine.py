@@ -41,6 +41,7 @@ from tqdm import tqdm
 from diffpo_integrations.data import MT_BENCH_ANSWERS, mt_bench_answers_path, mt_bench_questions_path
 from diffpo_integrations.engine import LoadedModel, greedy, load_model, reference_jacobi, speculative
 from diffpo_integrations.engine._core import full_forward_argmax
+from diffpo_integrations.evaluation.engines_bench import edit_tokens
 
 SOURCES = MT_BENCH_ANSWERS
 KINDS = ("foreign", "self", "self10")
@@ -64,20 +65,6 @@ def build_case(loaded: LoadedModel, question: str, answer: str, keep: int) -> tu
         sys.exit("the chat template's generation prompt does not prefix the templated answer")
     cut = len(generation) + keep
     return full[:cut], full[cut:]
-
-
-def edit(tokens: list[int], rng: random.Random, vocab: list[int], rate: float = 0.1) -> list[int]:
-    """Substitute, insert after, or delete about ``rate`` of the tokens."""
-    out: list[int] = []
-    for tok in tokens:
-        roll = rng.random()
-        if roll < rate / 3:
-            out.append(rng.choice(vocab))
-        elif roll < 2 * rate / 3:
-            out += [tok, rng.choice(vocab)]
-        elif roll >= rate:
-            out.append(tok)
-    return out
 
 
 def check(identical: bool, method: str, kind: str, question: dict[str, Any]) -> None:
@@ -139,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drafts = {
             "foreign": foreign,
             "self": list(base.tokens),
-            "self10": edit(list(base.tokens), random.Random(args.seed * 1000 + index), vocab),
+            "self10": edit_tokens(list(base.tokens), random.Random(args.seed * 1000 + index), vocab),
         }
         common = {"question_id": question["question_id"], "tokens": len(base.tokens), "prompt": len(prompt)}
         record = functools.partial(add_row, rows, common)

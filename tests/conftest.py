@@ -82,3 +82,16 @@ def mt_bench() -> tuple[str, str]:
             if answer["question_id"] == question["question_id"]:
                 return str(question["turns"][0]), str(answer["choices"][0]["turns"][0])
     raise AssertionError("no draft for the first MT-bench question")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``engines`` tier unless ``-m`` names it: it needs real vLLM and llama.cpp servers.
+
+    ``./scripts/engines.sh`` builds them and runs ``-m engines``; there a missing engine is a failure.
+    """
+    if "engines" in (config.getoption("markexpr") or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("engines") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("engines")])
+        items[:] = kept

@@ -21,7 +21,7 @@ ENGINE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_engi
 def register(sub: Any) -> None:
     """Add the ``bench`` subcommand and its ``engine``, ``overhead`` and ``gateway`` forms."""
     parser = sub.add_parser("bench", help="run the benchmarks", description="Benchmarks that print ratios.")
-    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,overhead,gateway}")
+    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,engines,overhead,gateway}")
     engine = which.add_parser(
         "engine",
         help="decoding speed of the local engine (runs benchmarks/bench_engine.py)",
@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
     overhead.add_argument("--json", type=Path, help="also write the figures here as JSON")
     overhead.set_defaults(run=run)
     _register_gateway(which)
+    _register_engines(which)
 
 
 def _register_gateway(which: Any) -> None:
@@ -67,6 +68,60 @@ def _register_gateway(which: Any) -> None:
     gateway.add_argument("--rounds", type=int, default=10, help="timed concurrent rounds per leg (default %(default)s)")
     gateway.add_argument("--json", type=Path, help="also write the figures here as JSON")
     gateway.set_defaults(run=run)
+
+
+def _register_engines(which: Any) -> None:
+    engines = which.add_parser(
+        "engines",
+        help="diffpo serve against vLLM and llama.cpp on the same MT-bench aligner prompts",
+        description=(
+            "Start diffpo serve, vLLM and llama.cpp (built by ./scripts/engines.sh; run `./scripts/engines.sh env` "
+            "for the variables), align foreign, self and self10 drafts through each, interleaved, then "
+            "--concurrency requests at once per engine."
+        ),
+    )
+    engines.add_argument("--engines", default="diffpo serve,vLLM,llama.cpp", help="comma-separated engines")
+    engines.add_argument("--questions", type=int, default=8, help="MT-bench questions (default %(default)s)")
+    engines.add_argument("--keep", type=int, default=6, help="kept draft tokens (default %(default)s)")
+    engines.add_argument("--max-new-tokens", type=int, default=96, help="answer budget (default %(default)s)")
+    engines.add_argument("--concurrency", type=int, default=8, help="requests at once (default %(default)s)")
+    engines.add_argument("--threads", type=int, help="diffpo serve's torch threads (default: all cores)")
+    engines.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    engines.set_defaults(run=run)
+
+
+def _engines(args: argparse.Namespace) -> int:
+    from diffpo_integrations.engine.loading import smollm2_gguf_path
+    from diffpo_integrations.evaluation.engine_servers import EngineStartError
+    from diffpo_integrations.evaluation.engines_bench import format_engines_table, run_engines_bench
+
+    def progress(done: int, total: int) -> None:
+        print(f"aligned {done}/{total} cases on every engine", file=sys.stderr)
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    try:
+        result = run_engines_bench(
+            engines=engines,
+            questions=args.questions,
+            keep=args.keep,
+            max_new_tokens=args.max_new_tokens,
+            concurrency=args.concurrency,
+            threads=args.threads,
+            gguf=smollm2_gguf_path() if "llama.cpp" in engines else None,
+            progress=progress,
+        )
+    except (EngineStartError, ValueError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    print(format_engines_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result.as_json(), indent=2), encoding="utf-8")
+    failed = [r for r in result.rows if r.identical is False]
+    if failed:
+        return fail(
+            f"{len(failed)} answers differ from the reference: "
+            + ", ".join(f"{r.engine} {r.kind} q{r.question_id}" for r in failed[:5])
+        )
+    return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -144,9 +199,11 @@ def _overhead(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``diffpo bench engine|overhead|gateway``."""
+    """Run ``diffpo bench engine|engines|overhead|gateway``."""
     if args.bench == "engine":
         return _engine(args)
     if args.bench == "gateway":
         return _gateway(args)
+    if args.bench == "engines":
+        return _engines(args)
     return _overhead(args)

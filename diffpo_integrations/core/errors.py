@@ -9,7 +9,8 @@ them all, and the subclass says what to do next::
     │   └── ConversationNotFoundError   a chain step could not find the conversation
     ├── InputError                  bad conversation, draft or option (fix the call)
     └── AlignerError                the aligner failed; ``endpoint`` and ``status`` set when known
-        ├── ServerValidationError   TGI ``validation`` (HTTP 422)
+        ├── ServerValidationError   TGI ``validation`` (HTTP 422), an OpenAI-style HTTP 400
+        │   └── ContextLengthError  prompt plus budget do not fit the server's context
         ├── OverloadedError         TGI ``overloaded`` (HTTP 429); ``retry_after`` in seconds
         ├── GenerationError         TGI ``generation`` (HTTP 424)
         ├── IncompleteGenerationError  TGI ``incomplete_generation`` (HTTP 500)
@@ -20,7 +21,8 @@ them all, and the subclass says what to do next::
 
 Which errors are retried, fail over or fall back is decided in :mod:`diffpo_integrations.core.policy`.
 :func:`error_from_tgi_payload` is the one place that turns TGI's ``{"error", "error_type"}``
-answers into this tree.
+answers, and the OpenAI-style ``{"error": {"message", "type", "code"}}`` of vLLM and llama.cpp, into
+this tree.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "AlignerTimeoutError",
     "AuthenticationError",
     "ConfigurationError",
+    "ContextLengthError",
     "ConversationNotFoundError",
     "DiffPOError",
     "EngineError",
@@ -95,6 +98,14 @@ class AlignerError(DiffPOError):
 
 class ServerValidationError(AlignerError, InputError):
     """The server rejected the request as invalid (TGI ``validation``, HTTP 422)."""
+
+
+class ContextLengthError(ServerValidationError):
+    """The prompt, or the prompt plus ``max_new_tokens``, does not fit the server's context window.
+
+    The message says the sizes and what to change (a shorter conversation or draft, a smaller
+    ``max_new_tokens``, or a server started with a larger context such as vLLM's ``--max-model-len``).
+    """
 
 
 class OverloadedError(AlignerError):
@@ -176,8 +187,15 @@ def error_from_tgi_payload(
     message = str(payload)
     error_type = None
     if isinstance(payload, dict):
-        message = str(payload.get("error") or payload.get("message") or payload)
-        error_type = payload.get("error_type")
+        inner = payload.get("error")
+        if isinstance(inner, dict):
+            # OpenAI style (vLLM, llama.cpp's server): {"error": {"message", "type", "code"}}; a 400
+            # there is a request the server rejected, TGI's "validation".
+            message = str(inner.get("message") or inner)
+            error_type = "validation" if status == 400 else None
+        else:
+            message = str(inner or payload.get("message") or payload)
+            error_type = payload.get("error_type")
     if isinstance(error_type, str) and error_type in _TGI_TYPES:
         cls = _TGI_TYPES[error_type]
     elif status in (401, 403):

@@ -348,15 +348,17 @@ async def completions(request: Request, body: CompletionBody) -> Response:
         logprobs = None
         if body.logprobs is not None:
             logprobs = _completion_logprobs(_visible(result.tokens, answer), len(echo))
-        choices.append(
-            {
-                "index": index,
-                "text": echo + answer,
-                "logprobs": logprobs,
-                "finish_reason": _FINISH[result.finish_reason],
-                "stop_reason": result.stop_sequence,
-            }
-        )
+        choice: dict[str, Any] = {
+            "index": index,
+            "text": echo + answer,
+            "logprobs": logprobs,
+            "finish_reason": _FINISH[result.finish_reason],
+            "stop_reason": result.stop_sequence,
+        }
+        if body.return_token_ids:
+            choice["prompt_token_ids"] = list(spec.input_ids)
+            choice["token_ids"] = result.token_ids
+        choices.append(choice)
         prompt_tokens += len(spec.input_ids)
         completion_tokens += len(result.tokens)
     payload = {
@@ -388,6 +390,9 @@ async def _completion_events(
 
     offset = len(echo)
 
+    # Ids since the last event, special ones included: the events' ``token_ids`` join to the generation's.
+    ids: list[int] = []
+
     def chunk(
         text: str, finish: str | None = None, stop_reason: str | None = None, tokens: Sequence[GeneratedToken] = ()
     ) -> bytes:
@@ -395,6 +400,9 @@ async def _completion_events(
         logprobs = _completion_logprobs(tokens, offset) if body.logprobs is not None else None
         offset += len(text)
         choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish, "stop_reason": stop_reason}
+        if body.return_token_ids:
+            choice["token_ids"] = ids.copy()
+            ids.clear()
         return sse_event({**base, "choices": [choice]})
 
     trimmer = await asyncio.to_thread(StopTrimmer, body.stop)
@@ -404,6 +412,7 @@ async def _completion_events(
         offset = len(echo)
     try:
         async for token in state.stream(job):
+            ids.append(token.id)
             if not token.special:
                 held.append(token)
             piece = trimmer.feed("" if token.special else token.text)

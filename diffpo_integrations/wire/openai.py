@@ -125,6 +125,8 @@ class CompletionBody(_OpenAIBody):
     suffix: str | None = None
     logprobs: int | None = None
     best_of: int | None = None
+    return_token_ids: bool = False
+    """vLLM's extension: each choice also carries its generated ``token_ids`` (and ``prompt_token_ids``)."""
 
     @field_validator("prompt")
     @classmethod

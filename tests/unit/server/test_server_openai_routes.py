@@ -173,6 +173,23 @@ def test_completion_from_text_and_from_ids(client: TestClient, tiny: TinyLoaded)
     assert events[-2]["choices"][0]["finish_reason"] == "length"
 
 
+def test_completion_return_token_ids_answers_the_generated_ids_as_vllm(client: TestClient, tiny: TinyLoaded) -> None:
+    # vLLM's extension, which OpenAICompatAligner asks for when its prompt ends inside a character.
+    ids = tiny.tokenizer("The quick brown fox")["input_ids"]
+    tokens = greedy_reference(tiny.model, ids, max_new_tokens=5, stop_token_ids=tiny.eos_token_ids).tokens
+    body: dict[str, Any] = {"prompt": ids, "max_tokens": 5, "return_token_ids": True}
+    whole = client.post("/v1/completions", json=body).json()
+    assert whole["choices"][0]["token_ids"] == tokens
+    assert whole["choices"][0]["prompt_token_ids"] == ids
+    plain = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 5}).json()
+    assert "token_ids" not in plain["choices"][0]
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        events = sse_payloads(r.iter_lines())
+    pieces = [e["choices"][0] for e in events[:-1] if e["choices"]]
+    assert [i for p in pieces for i in p["token_ids"]] == tokens
+    assert "".join(p["text"] for p in pieces) == tiny.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
 @pytest.mark.parametrize(
     ("body", "message", "param"),
     [
