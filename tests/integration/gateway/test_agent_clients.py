@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 CLIENTS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffpo-integrations" / "clients"
 CLIENTS = Path(os.environ.get("DIFFPO_CLIENTS_CACHE") or CLIENTS)
 RUNNERS = Path(__file__).parent / "clients"
-MAX_TOKENS = 16
+MAX_TOKENS = 64
 SYSTEM = "Answer in one sentence."
 AFTER_TOOL = "It is 21 degrees and sunny in Paris today."
 
@@ -218,3 +219,37 @@ def test_instructor_response_model_passes_through_unaligned(json_gateway: tuple[
         assert body["tool_choice"]["function"]["name"] == body["tools"][0]["function"]["name"]
     else:
         assert body["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize("operation", ["generateText", "streamText"])
+def test_vercel_ai_sdk(gateway_url: str, live_url: str, operation: str) -> None:
+    folder = CLIENTS / "vercel-ai"
+    if not (folder / "ready").exists():
+        pytest.skip("the vercel-ai client is not built: run scripts/gateway-clients.sh vercel-ai")
+    # Node resolves an ES module's imports from its own folder: the runner goes next to node_modules.
+    shutil.copy(RUNNERS / "run_vercel_ai.mjs", folder / "run_vercel_ai.mjs")
+    question = "Name a prime number."
+    done = subprocess.run(
+        ["node", str(folder / "run_vercel_ai.mjs"), gateway_url + "/v1", operation, question, str(MAX_TOKENS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    want = _expected(live_url, question)
+    assert result["text"] == want
+    if operation == "streamText":
+        assert result["deltas"] == want
+
+
+def test_dspy_lm_and_predict(gateway_url: str, live_url: str) -> None:
+    question = "Name a prime number."
+    result = _run("dspy", "run_dspy.py", gateway_url + "/v1", question, str(MAX_TOKENS))
+    assert result["lm"] == _expected(live_url, question)
+    # Predict parses its fields out of the aligned text; the stand-in aligner does not keep DSPy's
+    # "[[ ## answer ## ]]" markers, so the answer is whatever DSPy's parser makes of SmolLM2's text.
+    assert isinstance(result["answer"], str)
+    assert result["answer"]
+    assert not any(result["json_mode"])
