@@ -253,3 +253,30 @@ def test_dspy_lm_and_predict(gateway_url: str, live_url: str) -> None:
     assert isinstance(result["answer"], str)
     assert result["answer"]
     assert not any(result["json_mode"])
+
+
+def test_pydantic_ai_output_type_gets_the_upstream_json_unaligned(json_gateway: tuple[str, list[Any]]) -> None:
+    gateway, seen = json_gateway
+    seen.clear()
+    assert _run("pydantic-ai", "run_pydantic_ai.py", gateway + "/v1", "output_type", "Weather?", "64") == WEATHER
+    # pydantic-ai asks for the output as a call to a tool whose parameters are the model's fields.
+    [tool] = seen[0]["tools"]
+    assert sorted(tool["function"]["parameters"]["properties"]) == ["celsius", "city"]
+
+
+def test_pydantic_ai_tool_result_reaches_the_aligned_answer(
+    start_gateway: Callable[..., AbstractContextManager[str]],
+    tool_upstream: tuple[str, list[dict[str, Any]]],
+    live_url: str,
+) -> None:
+    url, seen = tool_upstream
+    seen.clear()
+    with start_gateway(upstream=url) as gateway:
+        result = _run(
+            "pydantic-ai", "run_pydantic_ai.py", gateway + "/v1", "tool", "Weather in Paris?", str(MAX_TOKENS)
+        )
+    assert len(seen) == 2
+    [tool_message] = [m for m in seen[1]["messages"] if m["role"] == "tool"]
+    assert (tool_message["tool_call_id"], tool_message["content"]) == ("call_7", "21 degrees and sunny in Paris")
+    conversation = conversation_from_openai(seen[1]["messages"])
+    assert result["text"] == TGIAligner(live_url).align(conversation, AFTER_TOOL, max_new_tokens=MAX_TOKENS).text
