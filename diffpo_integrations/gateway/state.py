@@ -111,7 +111,9 @@ class GatewayState:
     ) -> None:
         self.config = config
         self.aligner = aligner
-        self.upstream = Upstream(config.upstream, timeout=config.upstream_timeout)
+        self.upstream = Upstream(
+            config.upstream, timeout=config.upstream_timeout, max_connections=config.max_concurrent_requests
+        )
         self.admission = Admission(config.max_concurrent_requests, config.max_waiting)
         self.metrics = GatewayMetrics()
 
