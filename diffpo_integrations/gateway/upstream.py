@@ -16,12 +16,22 @@ from typing import Any
 import httpx2
 
 from diffpo_integrations import __version__
+from diffpo_integrations.backends._net import RoutedTransport, ssl_context
 from diffpo_integrations.gateway.wire import GatewayError, upstream_error_body
 
 __all__ = ["Upstream"]
 
 _STALE = "Server disconnected without sending a response."
 """httpcore's message when a connection closed before any byte of the answer: a pooled one may be stale."""
+
+
+def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class Upstream:
@@ -33,6 +43,9 @@ class Upstream:
         base_url: the upstream's base URL, ending in ``/v1``.
         timeout: seconds to connect, and to wait for the answer or for the next streamed event.
         max_connections: connections kept open to the upstream (the gateway's admission bounds use).
+        proxy: forward proxy instead of the environment's (see :func:`~diffpo_integrations.backends._net.proxy_for`).
+        proxy_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``.
+        ca_bundle: PEM file of CAs trusted besides the system's (and ``SSL_CERT_FILE``).
         transport: an ``httpx2`` transport to send through instead of the network (tests, mocks).
     """
 
@@ -42,6 +55,9 @@ class Upstream:
         *,
         timeout: float,
         max_connections: int = 64,
+        proxy: str | None = None,
+        proxy_env: bool = True,
+        ca_bundle: str | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")) or not httpx2.URL(base_url).host:
@@ -50,10 +66,12 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        if transport is None:
+            transport = RoutedTransport(proxy=proxy, use_env=proxy_env, verify=ssl_context(ca_bundle), limits=limits)
         self._client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout),
-            limits=limits,
             follow_redirects=False,
+            trust_env=False,
             transport=transport,
             headers={"User-Agent": f"diffpo-gateway/{__version__}", "Accept": "*/*"},
         )
@@ -73,6 +91,13 @@ class Upstream:
                 detail = f"no answer within {self.timeout:g} s"
             msg = f"the upstream {self.base_url} did not answer in time: {detail}"
             return GatewayError(504, msg, "upstream_timeout")
+        untrusted = _untrusted(exc)
+        if untrusted is not None:
+            msg = (
+                f"the upstream {self.base_url} presented a certificate the gateway does not trust "
+                f"({untrusted.verify_message}): give its CA with --upstream-ca-bundle PATH (or SSL_CERT_FILE)"
+            )
+            return GatewayError(502, msg, "upstream_unreachable")
         return GatewayError(502, f"could not reach the upstream {self.base_url}: {exc}", "upstream_unreachable")
 
     async def _send(self, method: str, path: str, headers: Mapping[str, str], body: bytes = b"") -> httpx2.Response:
