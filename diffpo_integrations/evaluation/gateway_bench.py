@@ -25,7 +25,7 @@ __all__ = ["GatewayBenchResult", "format_gateway_table", "gateway_process", "run
 _BODY = {"model": "delay-server", "messages": [{"role": "user", "content": "Is seven a prime number?"}]}
 _OFF = {"x-diffpo-align": "off"}
 _SINGLES_PER_ROUND = 5
-TARGET_ADDED_MS = 1.0
+TARGET_ADDED_MS = 1.5
 TARGET_CONCURRENCY_RATIO = 1.1
 
 
