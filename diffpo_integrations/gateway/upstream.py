@@ -111,15 +111,21 @@ class Upstream:
         request = self._client.build_request(method, self.base_url + path, content=body or None, headers=sent)
         try:
             try:
-                return await self._client.send(request, stream=True)
+                response = await self._client.send(request, stream=True)
             except httpx2.RemoteProtocolError as exc:
                 # The upstream may close an idle keep-alive connection just as it is reused: that
                 # request never reached it (no byte came back), so it is sent once more.
                 if str(exc) != _STALE:
                     raise
-                return await self._client.send(request, stream=True)
+                response = await self._client.send(request, stream=True)
         except (httpx2.HTTPError, OSError, ssl.SSLError) as exc:
             raise self._failed(exc) from exc
+        if "transfer-encoding" in response.headers and "content-length" in response.headers:
+            # HTTP/1.1 forbids both; a proxy and the upstream that disagree on framing is how answers get smuggled.
+            await response.aclose()
+            msg = f"the upstream {self.base_url} answered with both Transfer-Encoding and Content-Length, which HTTP forbids"
+            raise GatewayError(502, msg, "upstream_error")
+        return response
 
     async def _read(self, response: httpx2.Response) -> bytes:
         try:
