@@ -34,6 +34,14 @@ def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     return None
 
 
+def _redacted(response: httpx2.Response, raw: bytes) -> bytes:
+    # Some upstreams echo the request (headers included) in their error bodies: the key must not
+    # reach the client, the logs or an exception message through them.
+    authorization = response.request.headers.get("authorization", "")
+    token = authorization.partition(" ")[2].strip() or authorization.strip()
+    return raw.replace(token.encode("latin-1"), b"[redacted]") if token else raw
+
+
 class Upstream:
     """Forwards OpenAI requests to the upstream and reports its failures in OpenAI's error shape.
 
@@ -134,7 +142,7 @@ class Upstream:
             raise self._failed(exc, reading=True) from exc
 
     async def _error_answer(self, response: httpx2.Response) -> GatewayError:
-        raw = await self._read(response)
+        raw = _redacted(response, await self._read(response))
         if response.status_code < 400:
             # Not followed: a chat request re-sent elsewhere could lose its body or its key.
             where = response.headers.get("location", "an unnamed place")
@@ -239,7 +247,7 @@ class Upstream:
         """GET a path under the base URL; the status and the decoded body."""
         response = await self._send("GET", path, headers)
         async with aclosing(response):
-            raw = await self._read(response)
+            raw = _redacted(response, await self._read(response))
         try:
             return response.status_code, json.loads(raw)
         except ValueError:
