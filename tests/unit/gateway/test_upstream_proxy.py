@@ -15,6 +15,8 @@ import pytest
 import trustme
 from scripted_upstream import ok, read_request, scripted
 
+from diffpo_integrations.gateway.config import GatewayConfig
+from diffpo_integrations.gateway.serve import aligner_client
 from diffpo_integrations.gateway.upstream import Upstream
 from diffpo_integrations.gateway.wire import GatewayError
 
@@ -137,3 +139,20 @@ async def test_a_loopback_upstream_goes_direct_even_with_a_proxy_set(
     assert got == {"id": "via"}
     await asyncio.sleep(0.5)
     assert "127.0.0.1:" + server.url.rsplit(":", 1)[1] not in forward_proxy.log()
+
+
+async def test_the_aligner_leg_follows_the_same_proxy_setting_and_its_own_ca_bundle(
+    forward_proxy: ForwardProxy, tls: tuple[ssl.SSLContext, str]
+) -> None:
+    async with scripted(answer, ssl_context=tls[0], host="upstream.test") as server:
+        config = GatewayConfig(
+            upstream="http://127.0.0.1:9",
+            aligner_urls=[server.url],
+            upstream_proxy=forward_proxy.url,
+            aligner_ca_bundle=tls[1],
+        )
+        async with aligner_client(config) as client:
+            response = await client.post(server.url + "/generate", json={"inputs": "hi"})
+    assert (response.status_code, response.json()) == (200, {"id": "via"})
+    port = server.url.rsplit(":", 1)[1]
+    assert f"CONNECT upstream.test:{port}" in await asyncio.to_thread(forward_proxy.wait_for, "CONNECT")
