@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import httpx
+import httpx2
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -98,7 +98,7 @@ class CannedLLM(CustomLLM):
 
 
 class OpenAICompatibleLLM(CustomLLM):
-    """A greedy chat model behind an OpenAI-compatible ``/v1/chat/completions`` route, over httpx."""
+    """A greedy chat model behind an OpenAI-compatible ``/v1/chat/completions`` route, over httpx2."""
 
     base_url: str
     max_tokens: int = 48
@@ -114,7 +114,7 @@ class OpenAICompatibleLLM(CustomLLM):
             "max_tokens": self.max_tokens,
             "temperature": 0,
         }
-        answer = httpx.post(f"{self.base_url.rstrip('/')}/v1/chat/completions", json=body, timeout=300)
+        answer = httpx2.post(f"{self.base_url.rstrip('/')}/v1/chat/completions", json=body, timeout=300)
         answer.raise_for_status()
         text = answer.json()["choices"][0]["message"]["content"]
         return ChatResponse(message=ChatMessage(role="assistant", content=text))

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
@@ -58,8 +58,8 @@ def embedded_server() -> Iterator[str]:
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"diffpo serve exited with status {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise SystemExit("diffpo serve did not become healthy in 10 minutes")

@@ -42,7 +42,11 @@ ClientFactory = Callable[[], httpx2.AsyncClient]
 
 def _default_factory() -> httpx2.AsyncClient:
     # No redirects: a POST answered with a redirect is a misconfigured URL, and should say so.
-    return httpx2.AsyncClient(timeout=None, follow_redirects=False)
+    # The proxy rule of both legs (loopback direct, then the environment's): see _net.proxy_for.
+    from diffpo_integrations.backends._net import RoutedTransport, ssl_context
+
+    transport = RoutedTransport(verify=ssl_context())
+    return httpx2.AsyncClient(timeout=None, follow_redirects=False, trust_env=False, transport=transport)
 
 
 class _Runtime:

@@ -76,6 +76,24 @@ def register(sub: Any) -> None:
         help="send each client's own Authorization header upstream (not with --api-key)",
     )
     parser.add_argument("--upstream-timeout", type=float, default=300.0, help="seconds for the upstream (default 300)")
+    parser.add_argument(
+        "--upstream-proxy",
+        metavar="URL",
+        help="forward proxy for both legs, instead of HTTPS_PROXY/HTTP_PROXY/ALL_PROXY (loopback and NO_PROXY go direct)",
+    )
+    parser.add_argument(
+        "--no-upstream-proxy-env",
+        action="store_true",
+        help="ignore HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY on both legs",
+    )
+    parser.add_argument(
+        "--upstream-ca-bundle",
+        metavar="PATH",
+        help="PEM file of CAs trusted for an HTTPS upstream, besides the system's",
+    )
+    parser.add_argument(
+        "--aligner-ca-bundle", metavar="PATH", help="PEM file of CAs trusted for HTTPS aligners, besides the system's"
+    )
     parser.add_argument("--aligner-timeout", type=float, default=120.0, help="seconds for one alignment (default 120)")
     parser.add_argument("--max-concurrent-requests", type=int, default=64, help="requests handled at once (default 64)")
     parser.add_argument("--max-waiting", type=int, default=256, help="further requests queued before 429 (default 256)")
@@ -126,6 +144,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         upstream_api_key=_secret(upstream_key),
         forward_authorization=args.forward_authorization,
         upstream_timeout=args.upstream_timeout,
+        upstream_proxy=args.upstream_proxy,
+        proxy_env=not args.no_upstream_proxy_env,
+        upstream_ca_bundle=args.upstream_ca_bundle,
+        aligner_ca_bundle=args.aligner_ca_bundle,
         aligner_timeout=args.aligner_timeout,
         max_concurrent_requests=args.max_concurrent_requests,
         max_waiting=args.max_waiting,

@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 
 __all__ = ["GatewayBenchResult", "format_gateway_table", "gateway_process", "run_gateway_bench"]
 
 _BODY = {"model": "delay-server", "messages": [{"role": "user", "content": "Is seven a prime number?"}]}
 _OFF = {"x-diffpo-align": "off"}
 _SINGLES_PER_ROUND = 5
-TARGET_ADDED_MS = 1.0
+TARGET_ADDED_MS = 1.5
 TARGET_CONCURRENCY_RATIO = 1.1
 
 
@@ -94,9 +94,9 @@ def gateway_process(upstream_url: str, *, timeout: float = 60.0) -> Iterator[str
                 msg = f"diffpo gateway exited with status {proc.returncode} during start-up"
                 raise RuntimeError(msg)
             try:
-                if httpx.get(url + "/v1/models", timeout=2.0).status_code == 200:
+                if httpx2.get(url + "/v1/models", timeout=2.0, trust_env=False).status_code == 200:
                     break
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 msg = f"diffpo gateway did not start within {timeout:.0f} s"
@@ -116,7 +116,7 @@ def _paired_medians_ms(direct: str, gateway: str, iterations: int, warmup: int) 
     """
     times: dict[str, list[float]] = {direct: [], gateway: []}
     headers = {direct: {}, gateway: _OFF}
-    with httpx.Client(timeout=30.0) as client:
+    with httpx2.Client(timeout=30.0, trust_env=False) as client:
         for i in range(warmup + iterations):
             for url in (direct, gateway) if i % 2 == 0 else (gateway, direct):
                 start = time.perf_counter()
@@ -132,8 +132,8 @@ async def _paired_rounds_ms(
     direct: str, gateway: str, concurrency: int, rounds: int
 ) -> tuple[tuple[float, float], tuple[float, float]]:
     """For each leg: one call, then ``concurrency`` calls at once (medians over rounds, legs interleaved)."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * concurrency)
-    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=2 * concurrency)
+    async with httpx2.AsyncClient(timeout=60.0, limits=limits, trust_env=False) as client:
 
         async def call(url: str) -> None:
             headers = _OFF if url == gateway else {}

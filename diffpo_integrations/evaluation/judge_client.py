@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-import httpx
+import httpx2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from diffpo_integrations.core.errors import ConfigurationError, DiffPOError
@@ -56,7 +56,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, JudgeError) and (exc.status is None or exc.status in _RETRY_STATUS)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx2.Response) -> float | None:
     try:
         return float(response.headers["retry-after"])
     except (KeyError, ValueError):
@@ -74,7 +74,7 @@ class JudgeClient:
         max_tokens: the judgment's token limit (FastChat: 2048).
         timeout: seconds per request.
         max_retries: retries of a request that hit a retryable failure.
-        transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+        transport: an ``httpx2`` transport (tests pass ``httpx2.MockTransport``).
         sleep: the backoff's sleep (tests pass one that returns at once).
 
     Example:
@@ -94,7 +94,7 @@ class JudgeClient:
         max_tokens: int = 2048,
         timeout: float = 300.0,
         max_retries: int = 6,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
@@ -112,7 +112,7 @@ class JudgeClient:
         self.max_retries = max_retries
         key = api_key if api_key is not None else os.environ.get(api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
+        self._client = httpx2.AsyncClient(headers=headers, timeout=timeout, transport=transport)
         self._sleep = sleep
 
     async def __aenter__(self) -> JudgeClient:
@@ -156,10 +156,10 @@ class JudgeClient:
     async def _once(self, body: dict[str, Any]) -> str:
         try:
             response = await self._client.post(self.url, json=body)
-        except httpx.TimeoutException as exc:
+        except httpx2.TimeoutException as exc:
             msg = f"the judge at {self.url} did not answer in time ({type(exc).__name__})"
             raise JudgeError(msg) from exc
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             msg = f"could not reach the judge at {self.url}: {exc}"
             raise JudgeError(msg) from exc
         if response.status_code in _FATAL_STATUS:

@@ -1,6 +1,6 @@
 """A scripted judge for tests: an OpenAI-compatible chat endpoint that records prompts and answers by script.
 
-Use it in process through :meth:`ScriptedJudge.transport` (an ``httpx.MockTransport`` for
+Use it in process through :meth:`ScriptedJudge.transport` (an ``httpx2.MockTransport`` for
 :class:`~diffpo_integrations.evaluation.judge_client.JudgeClient`), or over loopback with
 :func:`serve_judge` when the code under test builds its own client (``diffpo judge --judge-url``).
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
+import httpx2
 
 __all__ = ["ScriptedJudge", "serve_judge"]
 
@@ -64,15 +64,15 @@ class ScriptedJudge:
         """The user message of every request received, in order."""
         return [m["content"] for b in self.requests for m in b["messages"] if m["role"] == "user"]
 
-    def transport(self) -> httpx.MockTransport:
+    def transport(self) -> httpx2.MockTransport:
         """An in-process transport answering every POST by script."""
 
-        def handle(request: httpx.Request) -> httpx.Response:
+        def handle(request: httpx2.Request) -> httpx2.Response:
             status, payload = self.answer(json.loads(request.content or b"{}"))
             headers = {"Retry-After": "0"} if status == 429 else {}
-            return httpx.Response(status, json=payload, headers=headers)
+            return httpx2.Response(status, json=payload, headers=headers)
 
-        return httpx.MockTransport(handle)
+        return httpx2.MockTransport(handle)
 
 
 @contextmanager

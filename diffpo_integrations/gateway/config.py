@@ -73,6 +73,15 @@ class GatewayConfig(BaseModel):
     """Send the client's own ``Authorization`` header upstream (only without ``api_key``)."""
     upstream_timeout: float = Field(default=300.0, gt=0)
     """Seconds the upstream may take to answer (or between two streamed events)."""
+    upstream_proxy: str | None = None
+    """Forward proxy for both legs, instead of ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``; loopback and
+    ``NO_PROXY`` hosts go direct."""
+    proxy_env: bool = True
+    """Read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either case) for both legs."""
+    upstream_ca_bundle: str | None = None
+    """PEM file of CAs trusted for an HTTPS upstream, besides the system's (and ``SSL_CERT_FILE``)."""
+    aligner_ca_bundle: str | None = None
+    """PEM file of CAs trusted for HTTPS aligners, besides the system's (and ``SSL_CERT_FILE``)."""
     aligner_timeout: float = Field(default=120.0, gt=0)
     """Seconds one alignment may take, retries and failover included."""
     max_concurrent_requests: int = Field(default=64, ge=1)

@@ -111,7 +111,14 @@ class GatewayState:
     ) -> None:
         self.config = config
         self.aligner = aligner
-        self.upstream = Upstream(config.upstream, timeout=config.upstream_timeout)
+        self.upstream = Upstream(
+            config.upstream,
+            timeout=config.upstream_timeout,
+            max_connections=config.max_concurrent_requests,
+            proxy=config.upstream_proxy,
+            proxy_env=config.proxy_env,
+            ca_bundle=config.upstream_ca_bundle,
+        )
         self.admission = Admission(config.max_concurrent_requests, config.max_waiting)
         self.metrics = GatewayMetrics()
 

@@ -1,18 +1,45 @@
-"""The upstream chat endpoint: one connection pool, failures turned into OpenAI-shaped gateway errors."""
+"""The upstream chat endpoint on ``httpx2``: one keep-alive pool, failures turned into OpenAI-shaped gateway errors.
+
+``httpx2`` is the backends' client too, so both legs of the gateway share one maintained HTTP stack
+(proxies, TLS, HTTP/1.1 framing). Measured with ``diffpo bench gateway``: see docs/benchmarks.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
+import httpx2
+
 from diffpo_integrations import __version__
-from diffpo_integrations.gateway.http1 import HTTP1Client, Response
+from diffpo_integrations.backends._net import RoutedTransport, ssl_context
 from diffpo_integrations.gateway.wire import GatewayError, upstream_error_body
 
 __all__ = ["Upstream"]
+
+_STALE = "Server disconnected without sending a response."
+"""httpcore's message when a connection closed before any byte of the answer: a pooled one may be stale."""
+
+
+def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _redacted(response: httpx2.Response, raw: bytes) -> bytes:
+    # Some upstreams echo the request (headers included) in their error bodies: the key must not
+    # reach the client, the logs or an exception message through them.
+    authorization = response.request.headers.get("authorization", "")
+    token = authorization.partition(" ")[2].strip() or authorization.strip()
+    return raw.replace(token.encode("latin-1"), b"[redacted]") if token else raw
 
 
 class Upstream:
@@ -23,50 +50,113 @@ class Upstream:
     Args:
         base_url: the upstream's base URL, ending in ``/v1``.
         timeout: seconds to connect, and to wait for the answer or for the next streamed event.
+        max_connections: connections kept open to the upstream (the gateway's admission bounds use).
+        proxy: forward proxy instead of the environment's (see :func:`~diffpo_integrations.backends._net.proxy_for`).
+        proxy_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``.
+        ca_bundle: PEM file of CAs trusted besides the system's (and ``SSL_CERT_FILE``).
+        transport: an ``httpx2`` transport to send through instead of the network (tests, mocks).
     """
 
-    def __init__(self, base_url: str, *, timeout: float) -> None:
-        self.base_url = base_url
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        max_connections: int = 64,
+        proxy: str | None = None,
+        proxy_env: bool = True,
+        ca_bundle: str | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")) or not httpx2.URL(base_url).host:
+            msg = f"the upstream URL must start with http:// or https:// and name a host, got {base_url!r}"
+            raise ValueError(msg)
+        self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._client = HTTP1Client(base_url, timeout=timeout, user_agent=f"diffpo-gateway/{__version__}")
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        if transport is None:
+            transport = RoutedTransport(proxy=proxy, use_env=proxy_env, verify=ssl_context(ca_bundle), limits=limits)
+        self._client = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+            headers={"User-Agent": f"diffpo-gateway/{__version__}", "Accept": "*/*"},
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
 
-    def _failed(self, exc: OSError | ValueError) -> GatewayError:
-        if isinstance(exc, TimeoutError):
-            return GatewayError(504, f"the upstream {self.base_url} did not answer in time: {exc}", "upstream_timeout")
+    def _failed(self, exc: Exception, *, reading: bool = False) -> GatewayError:
+        if isinstance(exc, httpx2.TimeoutException | TimeoutError):
+            # httpx2's timeouts carry no text: say which wait ran out.
+            if isinstance(exc, httpx2.ConnectTimeout):
+                detail = f"could not connect within {self.timeout:g} s"
+            elif reading:
+                detail = f"the answer stalled for {self.timeout:g} s"
+            else:
+                detail = f"no answer within {self.timeout:g} s"
+            msg = f"the upstream {self.base_url} did not answer in time: {detail}"
+            return GatewayError(504, msg, "upstream_timeout")
+        untrusted = _untrusted(exc)
+        if untrusted is not None:
+            msg = (
+                f"the upstream {self.base_url} presented a certificate the gateway does not trust "
+                f"({untrusted.verify_message}): give its CA with --upstream-ca-bundle PATH (or SSL_CERT_FILE)"
+            )
+            return GatewayError(502, msg, "upstream_unreachable")
         return GatewayError(502, f"could not reach the upstream {self.base_url}: {exc}", "upstream_unreachable")
 
-    async def _send(self, method: str, path: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
+    async def _send(self, method: str, path: str, headers: Mapping[str, str], body: bytes = b"") -> httpx2.Response:
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                msg = f"the header {name!r} for the upstream contains a line break"
+                raise self._failed(ValueError(msg))
+        sent = dict(headers)
+        if body:
+            sent["Content-Type"] = "application/json"
+        request = self._client.build_request(method, self.base_url + path, content=body or None, headers=sent)
         try:
-            return await self._client.request(method, path, body=body, headers=headers)
-        except (OSError, ValueError) as exc:
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx2.RemoteProtocolError as exc:
+                # The upstream may close an idle keep-alive connection just as it is reused: that
+                # request never reached it (no byte came back), so it is sent once more.
+                if str(exc) != _STALE:
+                    raise
+                response = await self._client.send(request, stream=True)
+        except (httpx2.HTTPError, OSError, ssl.SSLError) as exc:
             raise self._failed(exc) from exc
+        if "transfer-encoding" in response.headers and "content-length" in response.headers:
+            # HTTP/1.1 forbids both; a proxy and the upstream that disagree on framing is how answers get smuggled.
+            await response.aclose()
+            msg = f"the upstream {self.base_url} answered with both Transfer-Encoding and Content-Length, which HTTP forbids"
+            raise GatewayError(502, msg, "upstream_error")
+        return response
 
-    async def _read(self, response: Response) -> bytes:
+    async def _read(self, response: httpx2.Response) -> bytes:
         try:
-            return await response.read()
-        except OSError as exc:
-            raise self._failed(exc) from exc
+            return await response.aread()
+        except (httpx2.HTTPError, OSError) as exc:
+            raise self._failed(exc, reading=True) from exc
 
-    async def _error_answer(self, response: Response) -> GatewayError:
-        raw = await self._read(response)
-        if response.status < 400:
+    async def _error_answer(self, response: httpx2.Response) -> GatewayError:
+        raw = _redacted(response, await self._read(response))
+        if response.status_code < 400:
             # Not followed: a chat request re-sent elsewhere could lose its body or its key.
             where = response.headers.get("location", "an unnamed place")
             msg = (
-                f"the upstream {self.base_url} answered HTTP {response.status}, a redirect to {where}: "
+                f"the upstream {self.base_url} answered HTTP {response.status_code}, a redirect to {where}: "
                 "give the gateway the final URL as its upstream"
             )
-            return GatewayError(502, msg, "upstream_error", code=str(response.status))
+            return GatewayError(502, msg, "upstream_error", code=str(response.status_code))
         try:
             payload: Any = json.loads(raw)
         except ValueError:
             payload = raw.decode("utf-8", "replace")
-        err = GatewayError(response.status, "", "upstream_error")
-        err.body = upstream_error_body(response.status, payload, self.base_url)
+        err = GatewayError(response.status_code, "", "upstream_error")
+        err.body = upstream_error_body(response.status_code, payload, self.base_url)
         retry_after = response.headers.get("retry-after")
         if retry_after is not None:
             err.headers["Retry-After"] = retry_after
@@ -81,8 +171,8 @@ class Upstream:
                 JSON object (502).
         """
         response = await self._send("POST", "/chat/completions", headers, json.dumps(body).encode())
-        async with response:
-            if response.status >= 300:
+        async with aclosing(response):
+            if response.status_code >= 300:
                 raise await self._error_answer(response)
             raw = await self._read(response)
         try:
@@ -102,8 +192,8 @@ class Upstream:
             GatewayError: as :meth:`chat`.
         """
         response = await self._send("POST", "/responses", headers, json.dumps(body).encode())
-        async with response:
-            if response.status >= 300:
+        async with aclosing(response):
+            if response.status_code >= 300:
                 raise await self._error_answer(response)
             raw = await self._read(response)
         try:
@@ -130,17 +220,17 @@ class Upstream:
         response = await self._send("POST", "/chat/completions", headers, json.dumps(body).encode())
         # Closed, not returned to the pool, unless the stream was read to its end: the upstream
         # stops generating when the gateway leaves early.
-        async with response:
-            if response.status >= 300:
+        async with aclosing(response):
+            if response.status_code >= 300:
                 raise await self._error_answer(response)
             yield self._events(response)
 
-    async def _events(self, response: Response) -> AsyncIterator[dict[str, Any]]:
+    async def _events(self, response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
         # The events are forwarded, not interpreted as errors here: an upstream error event must
         # reach the client as the upstream sent it.
         try:
-            async for raw in response.lines():
-                line = raw.decode("utf-8").strip()
+            async for raw in response.aiter_lines():
+                line = raw.strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -150,29 +240,28 @@ class Upstream:
                     event = json.loads(data)
                     if isinstance(event, dict):
                         yield event
-        except OSError as exc:
-            raise self._failed(exc) from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            raise self._failed(exc, reading=True) from exc
 
     async def get(self, path: str, headers: Mapping[str, str]) -> tuple[int, Any]:
         """GET a path under the base URL; the status and the decoded body."""
         response = await self._send("GET", path, headers)
-        async with response:
-            raw = await self._read(response)
+        async with aclosing(response):
+            raw = _redacted(response, await self._read(response))
         try:
-            return response.status, json.loads(raw)
+            return response.status_code, json.loads(raw)
         except ValueError:
-            return response.status, raw.decode("utf-8", "replace")
+            return response.status_code, raw.decode("utf-8", "replace")
 
     async def probe(self, headers: Mapping[str, str], timeout: float = 2.0) -> dict[str, Any]:
         """``GET /models`` within ``timeout`` seconds: whether the upstream answers, for ``/health``."""
 
         async def models() -> int:
-            async with await self._client.request("GET", "/models", headers=headers) as response:
-                await response.read()
-            return response.status
+            response = await self._client.get(self.base_url + "/models", headers=headers)
+            return response.status_code
 
         try:
             status = await asyncio.wait_for(models(), timeout)
-        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+        except (httpx2.HTTPError, OSError, ValueError, asyncio.TimeoutError) as exc:
             return {"url": self.base_url, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {"url": self.base_url, "ok": status < 400, "status": status}

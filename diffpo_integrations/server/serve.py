@@ -118,7 +118,7 @@ def serve_in_thread(
         >>> with serve_in_thread(create_app(loaded)) as base_url:  # doctest: +SKIP
         ...     InferenceClient(base_url=base_url).text_generation("Hi", max_new_tokens=5)
     """
-    import httpx
+    import httpx2
     import uvicorn
 
     sock = listening_socket(host, port)
@@ -145,9 +145,9 @@ def serve_in_thread(
                 raise RuntimeError(msg)
             if server.started:
                 try:
-                    if httpx.get(f"{base_url}/health", timeout=5.0).status_code == 200:
+                    if httpx2.get(f"{base_url}/health", timeout=5.0, trust_env=False).status_code == 200:
                         break
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     pass
             if time.monotonic() > deadline:
                 msg = f"the server did not become healthy within {timeout:.0f} s"

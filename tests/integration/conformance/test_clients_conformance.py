@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from clients import CLIENT_VENVS, TEST_ENV_CLIENTS
 from throwaway_venvs import ROOT, PyPIUnreachable, ensure, run_in
@@ -75,10 +75,10 @@ def base_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def greedy(base_url: str) -> dict[str, str]:
-    generate = httpx.post(
+    generate = httpx2.post(
         f"{base_url}/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": TOKENS}}, timeout=300
     )
-    chat = httpx.post(
+    chat = httpx2.post(
         f"{base_url}/v1/chat/completions",
         json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": TOKENS},
         timeout=300,

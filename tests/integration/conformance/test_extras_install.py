@@ -54,7 +54,7 @@ from workflows import Workflow
     "server": """
 from diffpo_integrations.server import ServerConfig, create_app
 from diffpo_integrations.engine import load_model, SamplingParams, sample
-import torch, transformers, fastapi, uvicorn, httpx
+import torch, transformers, fastapi, uvicorn, httpx2
 """,
     "cli": """
 from diffpo_integrations.cli import main

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from diffpo_integrations.server import ServerConfig, create_app
 from diffpo_integrations.server.testing import get_default_engine, serve_in_thread
@@ -47,7 +47,7 @@ def _trim_heap() -> None:
 
 def metric(base_url: str, name: str, labels: str = "") -> float:
     """One value of the server's Prometheus ``/metrics`` (0 when the series does not exist yet)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    text = httpx2.get(f"{base_url}/metrics", timeout=10).text
     key = name + labels
     for line in text.splitlines():
         if line.startswith(key + " "):

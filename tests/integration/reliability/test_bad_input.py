@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from reliability_helpers import NEW_TOKENS
 
@@ -87,7 +87,7 @@ def test_safe_behaviours(aligner: TGIAligner) -> None:
     ],
 )
 def test_server_routes_answer_bad_bodies_with_tgi_shaped_422(server: str, path: str, body: bytes) -> None:
-    r = httpx.post(server + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+    r = httpx2.post(server + path, content=body, headers={"content-type": "application/json"}, timeout=60)
     payload = r.json()
     assert set(payload) == {"error", "error_type"}
     if b"\xff" in body or b"\xc3(" in body:
@@ -95,4 +95,4 @@ def test_server_routes_answer_bad_bodies_with_tgi_shaped_422(server: str, path: 
         assert (r.status_code, payload["error_type"]) in ((400, "http"), (422, "validation")), r.text
     else:
         assert (r.status_code, payload["error_type"]) == (422, "validation"), r.text
-    assert httpx.get(server + "/health", timeout=10).status_code == 200
+    assert httpx2.get(server + "/health", timeout=10).status_code == 200

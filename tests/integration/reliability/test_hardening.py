@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from reliability_helpers import make_app, rss_mb
 
@@ -48,10 +48,10 @@ class HealthProbe:
             start = time.perf_counter()
             try:
                 # A fresh connection each time, as a load balancer's probe does.
-                status = httpx.get(f"{self.base_url}/health", timeout=30).status_code
+                status = httpx2.get(f"{self.base_url}/health", timeout=30).status_code
                 if status != 200:
                     self.failures.append(f"status {status}")
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
             self.latencies.append(time.perf_counter() - start)
             self._stop.wait(0.1)
@@ -134,12 +134,12 @@ def url() -> Iterator[str]:
 def test_a_large_tokenize_body_does_not_freeze_the_server(url: str) -> None:
     # Under the 2 MB body limit, far over what the model can take: refused without tokenizing.
     body = {"inputs": "0123456789 " * 180_000}  # one token per digit: the slowest text to tokenize
-    r = _during(lambda: httpx.post(f"{url}/tokenize", json=body, timeout=120), url, "a 2 MB /tokenize body")
+    r = _during(lambda: httpx2.post(f"{url}/tokenize", json=body, timeout=120), url, "a 2 MB /tokenize body")
     assert r.status_code == 422
     assert r.json()["error"].startswith("`inputs` must have less than 4096 tokens. Given: at least ")
     # An input the model can take is tokenized off the event loop.
     fits = {"inputs": "Hello world. " * 4000}
-    r = _during(lambda: httpx.post(f"{url}/tokenize", json=fits, timeout=120), url, "a 52 KB /tokenize body")
+    r = _during(lambda: httpx2.post(f"{url}/tokenize", json=fits, timeout=120), url, "a 52 KB /tokenize body")
     assert r.status_code == 200
     assert len(r.json()) > 8000
 
@@ -148,9 +148,9 @@ def test_long_stop_sequences_do_not_freeze_the_server(url: str) -> None:
     stops = [("xy" * 125_000)[:-1] + str(i) for i in range(4)]  # 1 MB of stops, under the body limit
     body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 8, "stop": stops}
 
-    def both() -> list[httpx.Response]:
-        whole = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
-        streamed = httpx.post(f"{url}/v1/completions", json={**body, "stream": True}, timeout=120)
+    def both() -> list[httpx2.Response]:
+        whole = httpx2.post(f"{url}/v1/completions", json=body, timeout=120)
+        streamed = httpx2.post(f"{url}/v1/completions", json={**body, "stream": True}, timeout=120)
         return [whole, streamed]
 
     whole, streamed = _during(both, url, "4 x 250 KB stop sequences")
@@ -279,9 +279,9 @@ def _server_process(file_limit: int) -> Iterator[str]:
         while True:
             assert proc.poll() is None, "the server process exited during start-up"
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
                     break
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             assert time.monotonic() < deadline, "the server process did not become healthy"
             time.sleep(0.2)
@@ -350,11 +350,11 @@ def test_shutdown_ends_unfinished_generations_with_an_error_a_client_understands
 
     def whole() -> None:
         body = {"inputs": _COUNTING, "parameters": {"max_new_tokens": 1000}}
-        results["whole"] = httpx.post(f"{base}/generate", json=body, timeout=120)
+        results["whole"] = httpx2.post(f"{base}/generate", json=body, timeout=120)
 
     def stream(name: str, path: str, body: dict[str, Any]) -> None:
         lines: list[str] = []
-        with httpx.stream("POST", f"{base}{path}", json=body, timeout=120) as response:
+        with httpx2.stream("POST", f"{base}{path}", json=body, timeout=120) as response:
             for line in response.iter_lines():
                 lines.append(line)
                 started.set()

@@ -14,7 +14,7 @@ import random
 import time
 from collections import Counter
 
-import httpx
+import httpx2
 import pytest
 from reliability_helpers import NEW_TOKENS, metric, rss_mb, wait_idle
 
@@ -45,7 +45,7 @@ async def test_soak_mixed_requests_are_all_accounted_for(server: str) -> None:
     )
     rng = random.Random(0)
     semaphore = asyncio.Semaphore(CONCURRENCY)
-    http = httpx.AsyncClient(base_url=server, timeout=60)
+    http = httpx2.AsyncClient(base_url=server, timeout=60)
 
     async def one(i: int) -> str:
         kind = KINDS[i % len(KINDS)]
@@ -124,6 +124,6 @@ async def test_soak_mixed_requests_are_all_accounted_for(server: str) -> None:
     assert outcomes["typed_error"] > 0
     assert outcomes["flagged"] + outcomes["cancelled"] > 0
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_MB
-    health = await asyncio.to_thread(httpx.get, f"{server}/health", timeout=10)
+    health = await asyncio.to_thread(httpx2.get, f"{server}/health", timeout=10)
     assert health.status_code == 200
     assert await asyncio.to_thread(metric, server, "diffpo_admitted_requests") == 0

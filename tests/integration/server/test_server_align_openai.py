@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from server_reference import NEW_TOKENS, Reference
 
@@ -53,7 +53,7 @@ def aligned(base_url: str, loaded: Any, reference: Reference, mt_draft: str) -> 
         "keep_prefix_tokens": 6,
         "max_new_tokens": ALIGN_TOKENS,
     }
-    r = httpx.post(f"{base_url}/diffpo/align", json=body, timeout=300)
+    r = httpx2.post(f"{base_url}/diffpo/align", json=body, timeout=300)
     assert r.status_code == 200, r.text
     return {"body": body, "answer": r.json(), "expected": _by_hand(loaded, reference.question, mt_draft, 6)}
 
@@ -73,7 +73,7 @@ def test_align_equals_the_prompt_built_by_hand_plus_greedy(aligned: dict[str, An
 
 def test_align_stream_pieces_join_to_the_answer(base_url: str, aligned: dict[str, Any]) -> None:
     events: list[dict[str, Any]] = []
-    with httpx.stream("POST", f"{base_url}/diffpo/align", json={**aligned["body"], "stream": True}, timeout=300) as r:
+    with httpx2.stream("POST", f"{base_url}/diffpo/align", json={**aligned["body"], "stream": True}, timeout=300) as r:
         assert r.status_code == 200
         events.extend(json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:"))
     assert len(events) > 2
@@ -87,13 +87,17 @@ def test_align_stream_pieces_join_to_the_answer(base_url: str, aligned: dict[str
 
 
 def test_align_rejects_bad_input_with_422(base_url: str) -> None:
-    empty = httpx.post(f"{base_url}/diffpo/align", json={"messages": [{"role": "user", "content": "Hi"}], "draft": " "})
+    empty = httpx2.post(
+        f"{base_url}/diffpo/align", json={"messages": [{"role": "user", "content": "Hi"}], "draft": " "}
+    )
     assert empty.status_code == 422
     assert empty.json() == {
         "error": "the draft is empty or whitespace: pass the base model's answer text as the draft",
         "error_type": "validation",
     }
-    role = httpx.post(f"{base_url}/diffpo/align", json={"messages": [{"role": "robot", "content": "Hi"}], "draft": "x"})
+    role = httpx2.post(
+        f"{base_url}/diffpo/align", json={"messages": [{"role": "robot", "content": "Hi"}], "draft": "x"}
+    )
     assert role.status_code == 422
     assert role.json()["error"] == "message 0 has role 'robot'; use 'system', 'user' or 'assistant'"
 
@@ -119,7 +123,7 @@ def test_chat_refuses_tools(base_url: str) -> None:
         "messages": [{"role": "user", "content": "Weather?"}],
         "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
     }
-    r = httpx.post(f"{base_url}/v1/chat/completions", json=body)
+    r = httpx2.post(f"{base_url}/v1/chat/completions", json=body)
     assert r.status_code == 422
     assert r.json() == {
         "error": {

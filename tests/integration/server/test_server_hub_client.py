@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import ValidationError
@@ -30,7 +30,7 @@ def test_text_generation_is_token_identical_to_transformers_generate(base_url: s
 
 def test_raw_generate_route_gives_the_same_tokens(base_url: str, reference: Reference) -> None:
     body = {"inputs": reference.prompt, "parameters": {"max_new_tokens": NEW_TOKENS, "details": True}}
-    r = httpx.post(f"{base_url}/generate", json=body, timeout=120)
+    r = httpx2.post(f"{base_url}/generate", json=body, timeout=120)
     assert r.status_code == 200
     assert [t["id"] for t in r.json()["details"]["tokens"]] == reference.tokens
     assert r.json()["generated_text"] == reference.text
@@ -111,7 +111,7 @@ def test_invalid_parameters_raise_the_hub_validation_error(
     with pytest.raises(ValidationError) as info:
         client.text_generation("Hello", stream=stream, **params)
     assert str(info.value) == message
-    raw = httpx.post(f"{base_url}/generate", json={"inputs": "Hello", "parameters": params})
+    raw = httpx2.post(f"{base_url}/generate", json={"inputs": "Hello", "parameters": params})
     assert raw.status_code == 422
     assert raw.json() == {"error": message, "error_type": "validation"}
 
@@ -128,7 +128,7 @@ def test_empty_long_and_malformed_inputs_are_validation_errors(base_url: str) ->
         match=r"^`inputs` tokens \+ `max_new_tokens` must be <= 4096\. Given: 4001 `inputs` tokens and 200 `max_new_tokens`$",
     ):
         client.text_generation("word " * 4000, max_new_tokens=200)
-    bad = httpx.post(f"{base_url}/generate", content=b"{not json", headers={"content-type": "application/json"})
+    bad = httpx2.post(f"{base_url}/generate", content=b"{not json", headers={"content-type": "application/json"})
     assert bad.status_code == 422
     assert bad.json()["error_type"] == "validation"
     assert bad.json()["error"].startswith("Failed to parse the request body as JSON: ")
@@ -137,14 +137,14 @@ def test_empty_long_and_malformed_inputs_are_validation_errors(base_url: str) ->
 
 
 def test_tokenize_round_trips_the_prompt(base_url: str, reference: Reference) -> None:
-    tokens = httpx.post(f"{base_url}/tokenize", json={"inputs": reference.prompt}).json()
+    tokens = httpx2.post(f"{base_url}/tokenize", json={"inputs": reference.prompt}).json()
     assert [t["id"] for t in tokens] == reference.prompt_ids
     assert "".join(t["text"] for t in tokens) == reference.prompt
     assert all(reference.prompt[t["start"] : t["stop"]] == t["text"] for t in tokens)
 
 
 def test_info_and_metrics(base_url: str) -> None:
-    info = httpx.get(f"{base_url}/info").json()
+    info = httpx2.get(f"{base_url}/info").json()
     assert info["model_id"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert info["model_dtype"] == "float32"
     assert info["model_device_type"] == "cpu"
@@ -152,9 +152,9 @@ def test_info_and_metrics(base_url: str) -> None:
     assert info["router"] == "text-generation-router"
     assert info["diffpo"]["align_route"] == "/diffpo/align"
     assert info["diffpo"]["end_of_turn"] == "<|im_end|>"
-    assert httpx.get(f"{base_url}/health").status_code == 200
+    assert httpx2.get(f"{base_url}/health").status_code == 200
     InferenceClient(base_url=base_url).text_generation("Hello", max_new_tokens=2)
-    metrics = httpx.get(f"{base_url}/metrics")
+    metrics = httpx2.get(f"{base_url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'diffpo_requests_total{route="/",status="200"}' in metrics.text
     assert "tgi_queue_size 0" in metrics.text

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError, OverloadedError
@@ -29,7 +29,7 @@ def tiny_queue(loaded: Any) -> Iterator[str]:
 
 
 def _metric(base_url: str, name: str) -> int:
-    metrics = httpx.get(f"{base_url}/metrics").text
+    metrics = httpx2.get(f"{base_url}/metrics").text
     return int(next(line for line in metrics.splitlines() if line.startswith(name + " ")).split()[1])
 
 
@@ -43,10 +43,10 @@ def _wait_until_free(base_url: str) -> float:
 
 def test_full_queue_answers_429_then_a_closed_stream_frees_it(tiny_queue: str) -> None:
     cancelled = _metric(tiny_queue, "diffpo_cancelled_requests_total")
-    with httpx.stream("POST", f"{tiny_queue}/generate_stream", json=LONG_RUN, timeout=60) as running:
+    with httpx2.stream("POST", f"{tiny_queue}/generate_stream", json=LONG_RUN, timeout=60) as running:
         lines = running.iter_lines()
         assert next(line for line in lines if line.startswith("data:"))  # generating now
-        r = httpx.post(f"{tiny_queue}/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 1}})
+        r = httpx2.post(f"{tiny_queue}/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 1}})
         assert r.status_code == 429
         assert r.headers["retry-after"] == "2"
         assert r.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
@@ -60,8 +60,8 @@ def test_full_queue_answers_429_then_a_closed_stream_frees_it(tiny_queue: str) -
 
 def test_abandoned_non_stream_request_is_cancelled(tiny_queue: str) -> None:
     cancelled = _metric(tiny_queue, "diffpo_cancelled_requests_total")
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{tiny_queue}/generate", json=LONG_RUN, timeout=1.5)
+    with pytest.raises(httpx2.ReadTimeout):
+        httpx2.post(f"{tiny_queue}/generate", json=LONG_RUN, timeout=1.5)
     assert _wait_until_free(tiny_queue) < FREED_WITHIN_S
     assert _metric(tiny_queue, "diffpo_cancelled_requests_total") == cancelled + 1
 
@@ -72,7 +72,7 @@ def test_api_key(loaded: Any) -> None:
         with pytest.raises(HfHubHTTPError) as info:
             InferenceClient(base_url=url, api_key="wrong").text_generation("Hi", max_new_tokens=1)
         assert info.value.response.status_code == 401
-        bare = httpx.post(f"{url}/generate", json={"inputs": "Hi"})
+        bare = httpx2.post(f"{url}/generate", json={"inputs": "Hi"})
         assert bare.status_code == 401
         assert bare.json() == {"error": "missing or invalid API key: send `Authorization: Bearer <key>`"}
-        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx2.get(f"{url}/health").status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
+import httpx2
 import pytest
 
 from diffpo_integrations.core.errors import ConfigurationError
@@ -37,14 +37,14 @@ def test_endpoint_from_url(url: str, endpoint: str) -> None:
 
 async def test_request_is_fastchats_and_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-test-123")
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    def handle(request: httpx.Request) -> httpx.Response:
+    def handle(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
-        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": "ok [[9]]"}}]})
+        return httpx2.Response(200, json={"choices": [{"message": {"role": "assistant", "content": "ok [[9]]"}}]})
 
     async with JudgeClient(
-        "http://judge", "gpt-4", api_key_env="MY_JUDGE_KEY", transport=httpx.MockTransport(handle)
+        "http://judge", "gpt-4", api_key_env="MY_JUDGE_KEY", transport=httpx2.MockTransport(handle)
     ) as client:
         assert await client.complete("SYSTEM", "USER") == "ok [[9]]"
         assert await client.complete("", "USER ONLY") == "ok [[9]]"
@@ -64,14 +64,14 @@ async def test_request_is_fastchats_and_key_comes_from_the_environment(monkeypat
 async def test_no_key_no_header(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DIFFPO_JUDGE_API_KEY", raising=False)
     judge = ScriptedJudge(lambda s, u: "x")
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
     inner = judge.transport()
 
-    async def handle(request: httpx.Request) -> httpx.Response:
+    async def handle(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
         return await inner.handle_async_request(request)
 
-    async with JudgeClient("http://judge", "m", transport=httpx.MockTransport(handle)) as client:
+    async with JudgeClient("http://judge", "m", transport=httpx2.MockTransport(handle)) as client:
         await client.complete("s", "u")
     assert "authorization" not in seen[0].headers
 
@@ -87,15 +87,15 @@ async def test_retries_overload_and_server_errors_then_answers() -> None:
 
 
 async def test_retry_after_is_honoured() -> None:
-    def handle(request: httpx.Request) -> httpx.Response:
+    def handle(request: httpx2.Request) -> httpx2.Response:
         if handle.calls == 0:  # type: ignore[attr-defined]
             handle.calls += 1  # type: ignore[attr-defined]
-            return httpx.Response(429, headers={"Retry-After": "42"}, json={"error": "slow down"})
-        return httpx.Response(200, json={"choices": [{"message": {"content": "[[5]]"}}]})
+            return httpx2.Response(429, headers={"Retry-After": "42"}, json={"error": "slow down"})
+        return httpx2.Response(200, json={"choices": [{"message": {"content": "[[5]]"}}]})
 
     handle.calls = 0  # type: ignore[attr-defined]
     sleeps = Sleeps()
-    async with JudgeClient("http://judge", "m", transport=httpx.MockTransport(handle), sleep=sleeps) as client:
+    async with JudgeClient("http://judge", "m", transport=httpx2.MockTransport(handle), sleep=sleeps) as client:
         assert await client.complete("s", "u") == "[[5]]"
     assert sleeps.delays[0] >= 42
 
@@ -130,20 +130,20 @@ async def test_wrong_key_url_or_model_stops_at_once(status: int) -> None:
 async def test_connection_failures_are_retried() -> None:
     calls = []
 
-    def handle(request: httpx.Request) -> httpx.Response:
+    def handle(request: httpx2.Request) -> httpx2.Response:
         calls.append(1)
         if len(calls) < 3:
-            raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(200, json={"choices": [{"message": {"content": "[[4]]"}}]})
+            raise httpx2.ConnectError("refused", request=request)
+        return httpx2.Response(200, json={"choices": [{"message": {"content": "[[4]]"}}]})
 
     sleeps = Sleeps()
-    async with JudgeClient("http://judge", "m", transport=httpx.MockTransport(handle), sleep=sleeps) as client:
+    async with JudgeClient("http://judge", "m", transport=httpx2.MockTransport(handle), sleep=sleeps) as client:
         assert await client.complete("s", "u") == "[[4]]"
     assert len(calls) == 3
 
 
 async def test_a_body_that_is_not_a_completion_is_an_error() -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"unexpected": True}))
+    transport = httpx2.MockTransport(lambda r: httpx2.Response(200, json={"unexpected": True}))
     async with JudgeClient("http://judge", "m", transport=transport, sleep=Sleeps(), max_retries=0) as client:
         with pytest.raises(JudgeError, match="the judge's answer is not a chat completion"):
             await client.complete("s", "u")

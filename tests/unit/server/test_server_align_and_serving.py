@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from server_fakes import TinyLoaded
@@ -94,8 +94,8 @@ def test_serve_in_thread_serves_and_always_stops(tiny: TinyLoaded) -> None:
     def use_then_fail() -> None:
         with serve_in_thread(app) as url:
             seen.append(url)
-            assert httpx.get(f"{url}/health").status_code == 200
-            r = httpx.post(f"{url}/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
+            assert httpx2.get(f"{url}/health").status_code == 200
+            r = httpx2.post(f"{url}/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
             assert r.status_code == 200
             msg = "raised inside the block"
             raise RuntimeError(msg)
@@ -103,8 +103,8 @@ def test_serve_in_thread_serves_and_always_stops(tiny: TinyLoaded) -> None:
     with pytest.raises(RuntimeError, match="inside"):
         use_then_fail()
     assert seen[0].startswith("http://127.0.0.1:")
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{seen[0]}/health")
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(f"{seen[0]}/health")
     # The same app starts again (a fresh worker, the same model).
     with serve_in_thread(app) as url:
-        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx2.get(f"{url}/health").status_code == 200
