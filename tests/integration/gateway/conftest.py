@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request  # module level: FastAPI reads the handler's annotations from here
 
 from diffpo_integrations.gateway import GatewayConfig, create_gateway_app
 
@@ -34,3 +35,36 @@ def start_gateway(live_url: str) -> Callable[..., AbstractContextManager[str]]:
 def gateway_url(start_gateway: Callable[..., AbstractContextManager[str]]) -> Iterator[str]:
     with start_gateway() as url:
         yield url
+
+
+@contextmanager
+def scripted_chat_upstream(
+    answer: Callable[[dict[str, Any]], tuple[dict[str, Any], str]],
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A served upstream whose ``/v1/chat/completions`` answers ``answer(body)`` (a message and its
+    finish reason) as a ``chat.completion``; its URL and every body it was sent."""
+    from diffpo_integrations.server.serve import serve_in_thread
+
+    seen: list[dict[str, Any]] = []
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        seen.append(body)
+        message, finish = answer(body)
+        return {
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "scripted",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+        }
+
+    with serve_in_thread(app) as url:
+        yield url, seen

@@ -20,7 +20,7 @@ from typing import Any
 
 import openai
 import pytest
-from fastapi import FastAPI, Request
+from conftest import scripted_chat_upstream
 
 from diffpo_integrations.backends import TGIAligner
 from diffpo_integrations.gateway.aligning import conversation_from_openai
@@ -82,43 +82,18 @@ def test_agents_sdk_run_streamed(gateway_url: str, live_url: str, api: str) -> N
         assert result["deltas"] == want
 
 
+def _tool_then_answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if any(m.get("role") == "tool" for m in body["messages"]):
+        return {"role": "assistant", "content": AFTER_TOOL}, "stop"
+    call = {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+
+
 @pytest.fixture(scope="module")
 def tool_upstream() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """An upstream that calls ``get_weather`` first, then answers from the tool's result; and what it was sent."""
-    from diffpo_integrations.server.serve import serve_in_thread
-
-    seen: list[dict[str, Any]] = []
-    app = FastAPI()
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        seen.append(body)
-        if any(m.get("role") == "tool" for m in body["messages"]):
-            message: dict[str, Any] = {"role": "assistant", "content": AFTER_TOOL}
-            finish = "stop"
-        else:
-            call = {
-                "id": "call_7",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-            }
-            message, finish = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
-        return {
-            "id": "chatcmpl-tool",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "scripted",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-        }
-
-    with serve_in_thread(app) as url:
-        yield url, seen
+    with scripted_chat_upstream(_tool_then_answer) as served:
+        yield served
 
 
 @pytest.mark.parametrize("api", ["responses", "chat_completions"])
@@ -173,39 +148,18 @@ def test_the_docs_example_prints_the_aligned_answer(
 WEATHER = {"city": "Paris", "celsius": 21}
 
 
+def _weather_json(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if not body.get("tools"):
+        return {"role": "assistant", "content": json.dumps(WEATHER)}, "stop"
+    name = body["tools"][0]["function"]["name"]
+    call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps(WEATHER)}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+
+
 @pytest.fixture(scope="module")
 def json_gateway(start_gateway: Callable[..., AbstractContextManager[str]]) -> Iterator[tuple[str, list[Any]]]:
     """A gateway in front of an upstream that answers JSON: as a call to the offered tool, or as text."""
-    from diffpo_integrations.server.serve import serve_in_thread
-
-    seen: list[dict[str, Any]] = []
-    app = FastAPI()
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        seen.append(body)
-        message: dict[str, Any] = {"role": "assistant", "content": json.dumps(WEATHER)}
-        if body.get("tools"):
-            name = body["tools"][0]["function"]["name"]
-            call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps(WEATHER)}}
-            message = {"role": "assistant", "content": None, "tool_calls": [call]}
-        return {
-            "id": "chatcmpl-json",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "scripted",
-            "choices": [
-                {"index": 0, "message": message, "finish_reason": "tool_calls" if body.get("tools") else "stop"}
-            ],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-        }
-
-    with serve_in_thread(app) as url, start_gateway(upstream=url) as gateway:
+    with scripted_chat_upstream(_weather_json) as (url, seen), start_gateway(upstream=url) as gateway:
         yield gateway, seen
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 import pytest
-from fastapi import FastAPI, Request
+from conftest import scripted_chat_upstream
 from pydantic import BaseModel
 
 from diffpo_integrations.backends import TGIAligner
@@ -105,34 +105,16 @@ WEATHER_JSON = '{"city": "Paris", "celsius": 21}'
 TOOL_CALL = {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 
 
+def _json_or_tool_call(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if body.get("tools"):
+        return {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}, "tool_calls"
+    return {"role": "assistant", "content": WEATHER_JSON}, "stop"
+
+
 @pytest.fixture(scope="module")
 def scripted_url() -> Iterator[str]:
     """An upstream that answers JSON when asked for structured output and a tool call when offered tools."""
-    from diffpo_integrations.server.serve import serve_in_thread
-
-    app = FastAPI()
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        message: dict[str, Any] = {"role": "assistant", "content": WEATHER_JSON}
-        if body.get("tools"):
-            message = {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}
-        finish = "tool_calls" if body.get("tools") else "stop"
-        return {
-            "id": "chatcmpl-scripted",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "scripted",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-        }
-
-    with serve_in_thread(app) as url:
+    with scripted_chat_upstream(_json_or_tool_call) as (url, _):
         yield url
 
 
