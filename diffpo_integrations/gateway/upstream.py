@@ -17,6 +17,7 @@ import httpx2
 
 from diffpo_integrations import __version__
 from diffpo_integrations.backends._net import RoutedTransport, ssl_context
+from diffpo_integrations.gateway.redaction import REDACTED, hide_secrets_in_logs, note_secret, redact
 from diffpo_integrations.gateway.wire import GatewayError, upstream_error_body
 
 __all__ = ["Upstream"]
@@ -38,11 +39,20 @@ def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
 
 
 def _redacted(response: httpx2.Response, raw: bytes) -> bytes:
-    # Some upstreams echo the request (headers included) in their error bodies: the key must not
-    # reach the client, the logs or an exception message through them.
-    authorization = response.request.headers.get("authorization", "")
-    token = authorization.partition(" ")[2].strip() or authorization.strip()
-    return raw.replace(token.encode("latin-1"), b"[redacted]") if token else raw
+    # Some upstreams echo the request (headers included) in what they answer: the key must not
+    # reach the client, the logs or an exception message through it.
+    secret = note_secret(response.request.headers).encode("latin-1")
+    return raw.replace(secret, REDACTED.encode()) if secret and secret in raw else raw
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """``exc`` as the cause to chain, unless its text quotes the key: then none, so no traceback shows it."""
+    return None if redact(str(exc)) != str(exc) else exc
+
+
+def _quoted(response: httpx2.Response, raw: bytes) -> str:
+    """The first 200 bytes of an answer, for an error message, without the key."""
+    return repr(_redacted(response, raw)[:200])
 
 
 class Upstream:
@@ -86,6 +96,7 @@ class Upstream:
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         if transport is None:
             transport = RoutedTransport(proxy=proxy, use_env=proxy_env, verify=ssl_context(ca_bundle), limits=limits)
+        hide_secrets_in_logs()
         self._client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout),
             follow_redirects=False,
@@ -123,13 +134,17 @@ class Upstream:
                 f"({untrusted.verify_message}): give its CA with --upstream-ca-bundle PATH (or SSL_CERT_FILE)"
             )
             return GatewayError(502, msg, "upstream_unreachable")
-        return GatewayError(502, f"could not reach the upstream {self.base_url}: {exc}", "upstream_unreachable")
+        # httpcore's parse errors quote the upstream's bytes, which may echo the key.
+        return GatewayError(
+            502, f"could not reach the upstream {self.base_url}: {redact(str(exc))}", "upstream_unreachable"
+        )
 
     async def _send(self, method: str, path: str, headers: Mapping[str, str], body: bytes = b"") -> httpx2.Response:
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 msg = f"the header {name!r} for the upstream contains a line break"
                 raise self._failed(ValueError(msg))
+        note_secret(headers)
         sent = dict(headers)
         if body:
             sent["Content-Type"] = "application/json"
@@ -144,7 +159,7 @@ class Upstream:
                     raise
                 response = await self._client.send(request, stream=True)
         except (httpx2.HTTPError, OSError, ssl.SSLError) as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc) from _cause(exc)
         if "transfer-encoding" in response.headers and "content-length" in response.headers:
             # HTTP/1.1 forbids both; a proxy and the upstream that disagree on framing is how answers get smuggled.
             await response.aclose()
@@ -164,14 +179,14 @@ class Upstream:
                 if len(body) > self.max_body:
                     raise self._too_big()
         except (httpx2.HTTPError, OSError) as exc:
-            raise self._failed(exc, reading=True) from exc
+            raise self._failed(exc, reading=True) from _cause(exc)
         return bytes(body)
 
     async def _error_answer(self, response: httpx2.Response) -> GatewayError:
         raw = _redacted(response, await self._read(response))
         if response.status_code < 400:
             # Not followed: a chat request re-sent elsewhere could lose its body or its key.
-            where = response.headers.get("location", "an unnamed place")
+            where = redact(response.headers.get("location", "an unnamed place"))
             msg = (
                 f"the upstream {self.base_url} answered HTTP {response.status_code}, a redirect to {where}: "
                 "give the gateway the final URL as its upstream"
@@ -198,7 +213,7 @@ class Upstream:
         """
         payload, raw = await self._post("/chat/completions", body, headers)
         if not isinstance(payload, dict):
-            msg = f"the upstream {self.base_url} answered JSON that is not a chat completion: {raw[:200]!r}"
+            msg = f"the upstream {self.base_url} answered JSON that is not a chat completion: {raw}"
             raise GatewayError(502, msg, "upstream_error")
         return payload
 
@@ -210,11 +225,12 @@ class Upstream:
         """
         payload, raw = await self._post("/responses", body, headers)
         if not isinstance(payload, dict) or not isinstance(payload.get("output"), list):
-            msg = f"the upstream {self.base_url} answered JSON that is not a response object: {raw[:200]!r}"
+            msg = f"the upstream {self.base_url} answered JSON that is not a response object: {raw}"
             raise GatewayError(502, msg, "upstream_error")
         return payload
 
-    async def _post(self, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[Any, bytes]:
+    async def _post(self, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[Any, str]:
+        """The decoded answer, and its first bytes quoted (without the key) for an error message."""
         # One deadline over the whole exchange: httpx2's read timeout restarts at every byte, so an
         # upstream that trickles its answer would never trip it.
         try:
@@ -227,10 +243,11 @@ class Upstream:
         except TimeoutError as exc:
             raise self._late(f"no answer within {self.timeout:g} s") from exc
         try:
-            return json.loads(raw), raw
-        except ValueError as exc:
-            msg = f"the upstream {self.base_url} answered non-JSON: {raw[:200]!r}"
-            raise GatewayError(502, msg, "upstream_error") from exc
+            payload = json.loads(raw)
+        except ValueError:
+            msg = f"the upstream {self.base_url} answered non-JSON: {_quoted(response, raw)}"
+            raise GatewayError(502, msg, "upstream_error") from None
+        return payload, "" if isinstance(payload, dict) else _quoted(response, raw)
 
     @asynccontextmanager
     async def stream_chat(
@@ -289,6 +306,7 @@ class Upstream:
         # ends, or one endless line would fill the memory.
         pending = b""
         total = 0
+        secret = note_secret(response.request.headers).encode("latin-1")
         try:
             async for chunk in response.aiter_bytes():
                 total += len(chunk)
@@ -297,9 +315,9 @@ class Upstream:
                 *complete, pending = (pending + chunk).split(b"\n")
                 for line in complete:
                     if line := line.strip():
-                        yield line
+                        yield line.replace(secret, REDACTED.encode()) if secret and secret in line else line
         except (httpx2.HTTPError, OSError) as exc:
-            raise self._failed(exc, reading=True) from exc
+            raise self._failed(exc, reading=True) from _cause(exc)
         if line := pending.strip():
             yield line
 
