@@ -279,9 +279,9 @@ class Upstream:
 
     async def _events(self, response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
         # The events are forwarded, not interpreted as errors here: an upstream error event must
-        # reach the client as the upstream sent it. The timeout runs from one line to the next (an
-        # event's data or a keep-alive comment), not from byte to byte, and only while waiting on the
-        # upstream, never while the consumer works on an event.
+        # reach the client as the upstream sent it (the key aside). The timeout runs from one line
+        # to the next (an event's data or a keep-alive comment), not from byte to byte, and only
+        # while waiting on the upstream, never while the consumer works on an event.
         async with aclosing(self._lines(response)) as lines:
             while True:
                 try:
