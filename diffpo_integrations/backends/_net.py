@@ -19,6 +19,10 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+# What urllib itself uses to honour NO_PROXY (in the standard library since Python 2, though left
+# out of its documentation and of typeshed).
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
+
 import httpx2
 
 __all__ = ["RoutedTransport", "proxy_for", "ssl_context"]
@@ -61,18 +65,12 @@ def proxy_for(
 
 
 def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
-    # curl's reading of NO_PROXY: "*", or names matching the host or a parent domain, optionally with a port.
-    host = host.lower().strip("[]")
-    for entry in (item.strip().lower() for item in no_proxy.split(",")):
-        if entry == "*":
-            return True
-        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if entry_port and port is not None and entry_port != str(port):
-            continue
-        name = name.strip("[]").lstrip(".")
-        if name and (host == name or host.endswith("." + name)):
-            return True
-    return False
+    # The standard library's reading of NO_PROXY (as curl's): "*", or names matching the host or a
+    # parent domain (a leading dot is ignored), an entry with ":port" matching that port only.
+    if ":" in host:
+        host = f"[{host.strip('[]')}]"  # an IPv6 literal keeps its brackets, so its colons are not a port
+    target = host if port is None else f"{host}:{port}"
+    return bool(no_proxy) and proxy_bypass_environment(target, {"no": no_proxy})
 
 
 def _env_proxies(environ: Mapping[str, str]) -> dict[str, str]:

@@ -75,7 +75,19 @@ def register(sub: Any) -> None:
         action="store_true",
         help="send each client's own Authorization header upstream (not with --api-key)",
     )
-    parser.add_argument("--upstream-timeout", type=float, default=300.0, help="seconds for the upstream (default 300)")
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=300.0,
+        help="seconds for the upstream's whole answer; a stream's for each event (default 300)",
+    )
+    parser.add_argument(
+        "--max-upstream-body",
+        type=int,
+        default=32 * 1024 * 1024,
+        metavar="BYTES",
+        help="bytes an upstream answer (or a whole stream) may have; past it a 502 (default 33554432, 32 MiB)",
+    )
     parser.add_argument(
         "--upstream-proxy",
         metavar="URL",
@@ -144,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         upstream_api_key=_secret(upstream_key),
         forward_authorization=args.forward_authorization,
         upstream_timeout=args.upstream_timeout,
+        max_upstream_body=args.max_upstream_body,
         upstream_proxy=args.upstream_proxy,
         proxy_env=not args.no_upstream_proxy_env,
         upstream_ca_bundle=args.upstream_ca_bundle,

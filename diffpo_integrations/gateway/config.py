@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from diffpo_integrations.core.aligner import DEFAULT_MAX_NEW_TOKENS
 from diffpo_integrations.core.types import FailPolicy, PromptMode
+from diffpo_integrations.gateway.upstream import DEFAULT_MAX_BODY
 
 __all__ = ["GatewayConfig", "StreamPolicy", "UpstreamAPI", "upstream_base"]
 
@@ -72,7 +73,11 @@ class GatewayConfig(BaseModel):
     forward_authorization: bool = False
     """Send the client's own ``Authorization`` header upstream (only without ``api_key``)."""
     upstream_timeout: float = Field(default=300.0, gt=0)
-    """Seconds the upstream may take to answer (or between two streamed events)."""
+    """Seconds the upstream may take for its whole answer; a stream's for its head, then for each line of
+    events (data or keep-alive comment), however slowly the bytes come."""
+    max_upstream_body: int = Field(default=DEFAULT_MAX_BODY, ge=1)
+    """Bytes an upstream answer may have (an error body, or a stream in total); past it the answer is cut
+    off with a 502 and its connection closed. Default 32 MiB."""
     upstream_proxy: str | None = None
     """Forward proxy for both legs, instead of ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``; loopback and
     ``NO_PROXY`` hosts go direct."""

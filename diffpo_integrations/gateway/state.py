@@ -114,6 +114,7 @@ class GatewayState:
         self.upstream = Upstream(
             config.upstream,
             timeout=config.upstream_timeout,
+            max_body=config.max_upstream_body,
             max_connections=config.max_concurrent_requests,
             proxy=config.upstream_proxy,
             proxy_env=config.proxy_env,

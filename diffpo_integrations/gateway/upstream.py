@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -17,12 +17,16 @@ import httpx2
 
 from diffpo_integrations import __version__
 from diffpo_integrations.backends._net import RoutedTransport, ssl_context
+from diffpo_integrations.gateway.redaction import REDACTED, hide_secrets_in_logs, note_secret, redact
 from diffpo_integrations.gateway.wire import GatewayError, upstream_error_body
 
 __all__ = ["Upstream"]
 
 _STALE = "Server disconnected without sending a response."
 """httpcore's message when a connection closed before any byte of the answer: a pooled one may be stale."""
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+"""Bytes an upstream answer may have (32 MiB): a whole answer, an error body, or a stream in total."""
 
 
 def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -35,11 +39,20 @@ def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
 
 
 def _redacted(response: httpx2.Response, raw: bytes) -> bytes:
-    # Some upstreams echo the request (headers included) in their error bodies: the key must not
-    # reach the client, the logs or an exception message through them.
-    authorization = response.request.headers.get("authorization", "")
-    token = authorization.partition(" ")[2].strip() or authorization.strip()
-    return raw.replace(token.encode("latin-1"), b"[redacted]") if token else raw
+    # Some upstreams echo the request (headers included) in what they answer: the key must not
+    # reach the client, the logs or an exception message through it.
+    secret = note_secret(response.request.headers).encode("latin-1")
+    return raw.replace(secret, REDACTED.encode()) if secret and secret in raw else raw
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """``exc`` as the cause to chain, unless its text quotes the key: then none, so no traceback shows it."""
+    return None if redact(str(exc)) != str(exc) else exc
+
+
+def _quoted(response: httpx2.Response, raw: bytes) -> str:
+    """The first 200 bytes of an answer, for an error message, without the key."""
+    return repr(_redacted(response, raw)[:200])
 
 
 class Upstream:
@@ -49,7 +62,9 @@ class Upstream:
 
     Args:
         base_url: the upstream's base URL, ending in ``/v1``.
-        timeout: seconds to connect, and to wait for the answer or for the next streamed event.
+        timeout: seconds to connect, and for the whole answer (a stream: for its head, then for each event).
+        max_body: bytes an answer may have, decoded (a stream: in total); past it the answer is cut off
+            with a 502 and its connection closed.
         max_connections: connections kept open to the upstream (the gateway's admission bounds use).
         proxy: forward proxy instead of the environment's (see :func:`~diffpo_integrations.backends._net.proxy_for`).
         proxy_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``.
@@ -62,6 +77,7 @@ class Upstream:
         base_url: str,
         *,
         timeout: float,
+        max_body: int = DEFAULT_MAX_BODY,
         max_connections: int = 64,
         proxy: str | None = None,
         proxy_env: bool = True,
@@ -71,11 +87,16 @@ class Upstream:
         if not base_url.startswith(("http://", "https://")) or not httpx2.URL(base_url).host:
             msg = f"the upstream URL must start with http:// or https:// and name a host, got {base_url!r}"
             raise ValueError(msg)
+        if max_body < 1:
+            msg = f"max_body must be at least 1 byte, got {max_body}"
+            raise ValueError(msg)
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.max_body = max_body
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         if transport is None:
             transport = RoutedTransport(proxy=proxy, use_env=proxy_env, verify=ssl_context(ca_bundle), limits=limits)
+        hide_secrets_in_logs()
         self._client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout),
             follow_redirects=False,
@@ -88,6 +109,14 @@ class Upstream:
         """Close the connection pool."""
         await self._client.aclose()
 
+    def _too_big(self) -> GatewayError:
+        msg = f"the upstream {self.base_url} answered more than {self.max_body} bytes: raise --max-upstream-body"
+        return GatewayError(502, msg, "upstream_error")
+
+    def _late(self, detail: str) -> GatewayError:
+        msg = f"the upstream {self.base_url} did not answer in time: {detail}"
+        return GatewayError(504, msg, "upstream_timeout")
+
     def _failed(self, exc: Exception, *, reading: bool = False) -> GatewayError:
         if isinstance(exc, httpx2.TimeoutException | TimeoutError):
             # httpx2's timeouts carry no text: say which wait ran out.
@@ -97,8 +126,7 @@ class Upstream:
                 detail = f"the answer stalled for {self.timeout:g} s"
             else:
                 detail = f"no answer within {self.timeout:g} s"
-            msg = f"the upstream {self.base_url} did not answer in time: {detail}"
-            return GatewayError(504, msg, "upstream_timeout")
+            return self._late(detail)
         untrusted = _untrusted(exc)
         if untrusted is not None:
             msg = (
@@ -106,13 +134,17 @@ class Upstream:
                 f"({untrusted.verify_message}): give its CA with --upstream-ca-bundle PATH (or SSL_CERT_FILE)"
             )
             return GatewayError(502, msg, "upstream_unreachable")
-        return GatewayError(502, f"could not reach the upstream {self.base_url}: {exc}", "upstream_unreachable")
+        # httpcore's parse errors quote the upstream's bytes, which may echo the key.
+        return GatewayError(
+            502, f"could not reach the upstream {self.base_url}: {redact(str(exc))}", "upstream_unreachable"
+        )
 
     async def _send(self, method: str, path: str, headers: Mapping[str, str], body: bytes = b"") -> httpx2.Response:
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 msg = f"the header {name!r} for the upstream contains a line break"
                 raise self._failed(ValueError(msg))
+        note_secret(headers)
         sent = dict(headers)
         if body:
             sent["Content-Type"] = "application/json"
@@ -127,7 +159,7 @@ class Upstream:
                     raise
                 response = await self._client.send(request, stream=True)
         except (httpx2.HTTPError, OSError, ssl.SSLError) as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc) from _cause(exc)
         if "transfer-encoding" in response.headers and "content-length" in response.headers:
             # HTTP/1.1 forbids both; a proxy and the upstream that disagree on framing is how answers get smuggled.
             await response.aclose()
@@ -136,16 +168,25 @@ class Upstream:
         return response
 
     async def _read(self, response: httpx2.Response) -> bytes:
+        # Counted as it arrives, not after ``aread()``: an answer over the limit must not fill the memory first.
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise self._too_big()
+        body = bytearray()
         try:
-            return await response.aread()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self.max_body:
+                    raise self._too_big()
         except (httpx2.HTTPError, OSError) as exc:
-            raise self._failed(exc, reading=True) from exc
+            raise self._failed(exc, reading=True) from _cause(exc)
+        return bytes(body)
 
     async def _error_answer(self, response: httpx2.Response) -> GatewayError:
         raw = _redacted(response, await self._read(response))
         if response.status_code < 400:
             # Not followed: a chat request re-sent elsewhere could lose its body or its key.
-            where = response.headers.get("location", "an unnamed place")
+            where = redact(response.headers.get("location", "an unnamed place"))
             msg = (
                 f"the upstream {self.base_url} answered HTTP {response.status_code}, a redirect to {where}: "
                 "give the gateway the final URL as its upstream"
@@ -167,21 +208,12 @@ class Upstream:
 
         Raises:
             GatewayError: the upstream answered an error (its status and body) or a redirect (502), could
-                not be reached (502), did not answer in time (504), or answered something other than a
-                JSON object (502).
+                not be reached (502), did not answer whole within the timeout (504), answered more than
+                ``max_body`` bytes (502), or answered something other than a JSON object (502).
         """
-        response = await self._send("POST", "/chat/completions", headers, json.dumps(body).encode())
-        async with aclosing(response):
-            if response.status_code >= 300:
-                raise await self._error_answer(response)
-            raw = await self._read(response)
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            msg = f"the upstream {self.base_url} answered non-JSON: {raw[:200]!r}"
-            raise GatewayError(502, msg, "upstream_error") from exc
+        payload, raw = await self._post("/chat/completions", body, headers)
         if not isinstance(payload, dict):
-            msg = f"the upstream {self.base_url} answered JSON that is not a chat completion: {raw[:200]!r}"
+            msg = f"the upstream {self.base_url} answered JSON that is not a chat completion: {raw}"
             raise GatewayError(502, msg, "upstream_error")
         return payload
 
@@ -191,20 +223,31 @@ class Upstream:
         Raises:
             GatewayError: as :meth:`chat`.
         """
-        response = await self._send("POST", "/responses", headers, json.dumps(body).encode())
-        async with aclosing(response):
-            if response.status_code >= 300:
-                raise await self._error_answer(response)
-            raw = await self._read(response)
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            msg = f"the upstream {self.base_url} answered non-JSON: {raw[:200]!r}"
-            raise GatewayError(502, msg, "upstream_error") from exc
+        payload, raw = await self._post("/responses", body, headers)
         if not isinstance(payload, dict) or not isinstance(payload.get("output"), list):
-            msg = f"the upstream {self.base_url} answered JSON that is not a response object: {raw[:200]!r}"
+            msg = f"the upstream {self.base_url} answered JSON that is not a response object: {raw}"
             raise GatewayError(502, msg, "upstream_error")
         return payload
+
+    async def _post(self, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[Any, str]:
+        """The decoded answer, and its first bytes quoted (without the key) for an error message."""
+        # One deadline over the whole exchange: httpx2's read timeout restarts at every byte, so an
+        # upstream that trickles its answer would never trip it.
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._send("POST", path, headers, json.dumps(body).encode())
+                async with aclosing(response):
+                    if response.status_code >= 300:
+                        raise await self._error_answer(response)
+                    raw = await self._read(response)
+        except TimeoutError as exc:
+            raise self._late(f"no answer within {self.timeout:g} s") from exc
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            msg = f"the upstream {self.base_url} answered non-JSON: {_quoted(response, raw)}"
+            raise GatewayError(502, msg, "upstream_error") from None
+        return payload, "" if isinstance(payload, dict) else _quoted(response, raw)
 
     @asynccontextmanager
     async def stream_chat(
@@ -217,37 +260,76 @@ class Upstream:
         Raises:
             GatewayError: as :meth:`chat`, before the first event.
         """
-        response = await self._send("POST", "/chat/completions", headers, json.dumps(body).encode())
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._send("POST", "/chat/completions", headers, json.dumps(body).encode())
+        except TimeoutError as exc:
+            raise self._late(f"no answer within {self.timeout:g} s") from exc
         # Closed, not returned to the pool, unless the stream was read to its end: the upstream
         # stops generating when the gateway leaves early.
         async with aclosing(response):
             if response.status_code >= 300:
-                raise await self._error_answer(response)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        error = await self._error_answer(response)
+                except TimeoutError as exc:
+                    raise self._late(f"no answer within {self.timeout:g} s") from exc
+                raise error
             yield self._events(response)
 
     async def _events(self, response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
         # The events are forwarded, not interpreted as errors here: an upstream error event must
-        # reach the client as the upstream sent it.
-        try:
-            async for raw in response.aiter_lines():
-                line = raw.strip()
-                if not line.startswith("data:"):
+        # reach the client as the upstream sent it (the key aside). The timeout runs from one line
+        # to the next (an event's data or a keep-alive comment), not from byte to byte, and only
+        # while waiting on the upstream, never while the consumer works on an event.
+        async with aclosing(self._lines(response)) as lines:
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        line = await anext(lines, None)
+                except TimeoutError as exc:
+                    raise self._late(f"no event for {self.timeout:g} s") from exc
+                if line is None:
+                    return
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     return
                 if data:
                     event = json.loads(data)
                     if isinstance(event, dict):
                         yield event
+
+    async def _lines(self, response: httpx2.Response) -> AsyncGenerator[bytes, None]:
+        # Split here rather than with ``aiter_lines()``: the byte limit must apply before a line
+        # ends, or one endless line would fill the memory.
+        pending = b""
+        total = 0
+        secret = note_secret(response.request.headers).encode("latin-1")
+        try:
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > self.max_body:
+                    raise self._too_big()
+                *complete, pending = (pending + chunk).split(b"\n")
+                for line in complete:
+                    if line := line.strip():
+                        yield line.replace(secret, REDACTED.encode()) if secret and secret in line else line
         except (httpx2.HTTPError, OSError) as exc:
-            raise self._failed(exc, reading=True) from exc
+            raise self._failed(exc, reading=True) from _cause(exc)
+        if line := pending.strip():
+            yield line
 
     async def get(self, path: str, headers: Mapping[str, str]) -> tuple[int, Any]:
         """GET a path under the base URL; the status and the decoded body."""
-        response = await self._send("GET", path, headers)
-        async with aclosing(response):
-            raw = _redacted(response, await self._read(response))
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._send("GET", path, headers)
+                async with aclosing(response):
+                    raw = _redacted(response, await self._read(response))
+        except TimeoutError as exc:
+            raise self._late(f"no answer within {self.timeout:g} s") from exc
         try:
             return response.status_code, json.loads(raw)
         except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -181,3 +182,31 @@ def sse_events(text: str) -> list[Any]:
             data = line[6:]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+@contextmanager
+def served_gateway(config: GatewayConfig) -> Iterator[str]:
+    """The gateway app under a real uvicorn on a free loopback port, in a thread; yields its URL.
+
+    uvicorn's own logging setup is skipped, so its records reach the root logger (and ``caplog``).
+    """
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_gateway_app(config), host="127.0.0.1", port=0, log_level=config.log_level, log_config=None
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "the gateway stopped while starting"
+        assert time.monotonic() < deadline, "the gateway did not start within 10 s"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

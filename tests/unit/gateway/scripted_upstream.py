@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
-__all__ = ["Handler", "Scripted", "ok", "read_request", "scripted"]
+__all__ = ["Handler", "Scripted", "ok", "read_request", "scripted", "scripted_in_thread"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 """One connection of a scripted server; the int counts connections from 1."""
@@ -63,3 +64,29 @@ async def scripted(
         yield server
     finally:
         srv.close()
+
+
+@contextmanager
+def scripted_in_thread(handler: Handler) -> Iterator[Scripted]:
+    """:func:`scripted`, served from a thread with its own event loop (for sync tests of the gateway app)."""
+    loop = asyncio.new_event_loop()
+    entered = scripted(handler)
+    server = loop.run_until_complete(entered.__aenter__())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def stop() -> None:
+        await entered.__aexit__(None, None, None)
+        # Connections the client has not closed yet must not outlive the loop.
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

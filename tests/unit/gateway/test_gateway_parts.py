@@ -123,9 +123,11 @@ def test_diffpo_gateway_passes_its_flags(monkeypatch: pytest.MonkeyPatch, tmp_pa
         *("--template", "gemma", "--keep-prefix-tokens", "3", "--max-new-tokens", "64", "--fail-policy", "closed"),
         *("--stream-policy", "early", "--port", "0", "--api-key-file", str(key_file)),
         *("--upstream-api-key-env", "MY_UPSTREAM_KEY", "--max-concurrent-requests", "4", "--max-waiting", "2"),
+        *("--upstream-timeout", "7.5", "--max-upstream-body", "4096"),
     ]
     assert cli_main(argv) == 0
     config = seen[0]
+    assert (config.upstream_timeout, config.max_upstream_body) == (7.5, 4096)
     assert (config.upstream, config.aligner_urls, config.template) == (
         "http://127.0.0.1:8081/v1",
         ["http://a:1", "http://b:2"],
@@ -142,6 +144,25 @@ def test_diffpo_gateway_passes_its_flags(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert config.api_key.get_secret_value() == "client-key"
     assert config.upstream_api_key is not None
     assert config.upstream_api_key.get_secret_value() == "up-key"
+
+
+def test_diffpo_gateway_allows_32_mib_upstream_answers_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[GatewayConfig] = []
+    monkeypatch.setattr(gateway_pkg, "run_gateway", lambda config: seen.append(config))
+    assert cli_main(["gateway", "--upstream", "http://u"]) == 0
+    assert (
+        seen[0].max_upstream_body
+        == 32 * 1024 * 1024
+        == GatewayConfig(upstream="http://u", aligner_urls=["http://a"]).max_upstream_body
+    )
+
+
+def test_diffpo_gateway_refuses_a_max_upstream_body_under_one_byte(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(gateway_pkg, "run_gateway", lambda config: None)
+    assert cli_main(["gateway", "--upstream", "http://u", "--max-upstream-body", "0"]) == 2
+    assert "max_upstream_body: Input should be greater than or equal to 1" in capsys.readouterr().err
 
 
 def test_diffpo_gateway_says_when_the_upstream_key_variable_is_unset(

@@ -88,7 +88,7 @@ async def test_a_stream_that_stalls_is_a_504_after_the_timeout() -> None:
     assert seen == [{"n": 1}]
     assert (info.value.status, str(info.value)) == (
         504,
-        f"the upstream {server.url}/v1 did not answer in time: the answer stalled for 0.3 s",
+        f"the upstream {server.url}/v1 did not answer in time: no event for 0.3 s",
     )
 
 
@@ -159,3 +159,19 @@ def test_lower_case_wins_and_all_proxy_is_the_fallback() -> None:
     assert proxy_for("https://a.example", environ=environ) == "http://lower:2"
     assert proxy_for("http://a.example", environ=environ) == "http://socks-less:3"
     assert proxy_for("http://a.example", environ={"NO_PROXY": "*", "ALL_PROXY": "http://x:1"}) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy", "expected"),
+    [
+        ("https://vllm.example:8443/v1", "vllm.example:8443", None),
+        ("https://gpu.vllm.example:8443/v1", ".vllm.example:8443", None),
+        # A port-qualified entry spares that port only: the same host on another port goes through the proxy.
+        ("https://vllm.example/v1", "vllm.example:8443", "http://corp:3128"),
+        ("https://vllm.example:9000/v1", "vllm.example:8443", "http://corp:3128"),
+        ("https://VLLM.Example/v1", " other.example , .vllm.EXAMPLE ", None),
+        ("https://notvllm.example/v1", "vllm.example", "http://corp:3128"),
+    ],
+)
+def test_no_proxy_entries_with_ports_case_and_spaces(url: str, no_proxy: str, expected: str | None) -> None:
+    assert proxy_for(url, environ={"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": no_proxy}) == expected

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpcore2
 import pytest
-from scripted_upstream import read_request, scripted
+from fastapi.testclient import TestClient
+from hostile_upstreams import HANGING, HOSTILE, MAX_BODY
+from scripted_upstream import ok, read_request, scripted, scripted_in_thread
 
+from diffpo_integrations.backends._net import RoutedTransport
+from diffpo_integrations.backends.testing import mock_tgi
+from diffpo_integrations.gateway import GatewayConfig, create_gateway_app
 from diffpo_integrations.gateway.upstream import Upstream
 from diffpo_integrations.gateway.wire import GatewayError
 
@@ -64,7 +72,7 @@ async def test_headers_then_silence_is_a_504_after_the_timeout() -> None:
     url, error = await _answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", then_sleep=30, timeout=0.3)
     assert (error.status, str(error)) == (
         504,
-        f"the upstream {url} did not answer in time: the answer stalled for 0.3 s",
+        f"the upstream {url} did not answer in time: no answer within 0.3 s",
     )
 
 
@@ -79,3 +87,80 @@ async def test_an_http_1_0_answer_read_until_close_is_read_whole() -> None:
         assert await upstream.chat(BODY, {}) == {"id": "old"}
         await upstream.aclose()
     assert server.connections == 2
+
+
+def _pool(upstream: Upstream) -> httpcore2.AsyncConnectionPool:
+    transport = upstream._client._transport
+    assert isinstance(transport, RoutedTransport)
+    pool = transport._direct._pool
+    assert isinstance(pool, httpcore2.AsyncConnectionPool)
+    return pool
+
+
+LIMIT = 2
+"""Connections the upstream pool may hold in the leak tests."""
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+async def test_hostile_answers_leak_no_connection(name: str, streamed: bool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        # The first LIMIT connections are hostile; a later one is a healthy upstream.
+        while await read_request(reader):
+            if n > LIMIT:
+                writer.write(ok(b'{"id": "good"}'))
+                continue
+            await HOSTILE[name](reader, writer)
+            return
+
+    async def once(upstream: Upstream) -> object:
+        if not streamed:
+            return await upstream.chat(BODY, {})
+        async with upstream.stream_chat(BODY, {}) as events:
+            return [event async for event in events]
+
+    async with scripted(handler) as server:
+        upstream = Upstream(server.url + "/v1", timeout=0.5, max_body=MAX_BODY, max_connections=LIMIT)
+        outcomes = await asyncio.gather(*(once(upstream) for _ in range(LIMIT)), return_exceptions=True)
+        pool = _pool(upstream)
+        left = [(c.is_idle(), c.is_closed()) for c in pool.connections]
+        good = await upstream.chat(BODY, {})
+        await upstream.aclose()
+    failures = [o for o in outcomes if not isinstance(o, dict | list)]
+    assert all(isinstance(o, GatewayError) and o.status in (502, 504) for o in failures), failures
+    # No connection is left busy with a broken answer. Only an answer whose framing ended cleanly
+    # (a short Content-Length) leaves its connection idle in the pool; httpcore drops it when it is
+    # next picked, since unread bytes make it readable, and the good answer came on a new one.
+    assert left == ([(True, False)] * LIMIT if name == "length-shorter-than-body" else [])
+    assert good == {"id": "good"}
+    assert server.connections == LIMIT + 1
+
+
+@pytest.mark.parametrize("name", HANGING)
+def test_the_gateway_answers_health_while_a_request_hangs_on_the_upstream(name: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while request := await read_request(reader):
+            if not request.startswith(b"GET /v1/models "):
+                await HOSTILE[name](reader, writer)
+                return
+            writer.write(ok(b'{"object": "list", "data": []}'))
+
+    timeout = 2.0
+    with mock_tgi(), scripted_in_thread(handler) as server:
+        config = GatewayConfig(upstream=server.url, aligner_urls=["http://mock-tgi"], upstream_timeout=timeout)
+        with TestClient(create_gateway_app(config)) as client, ThreadPoolExecutor(1) as pool:
+            hanging = pool.submit(client.post, "/v1/chat/completions", json=BODY)
+            time.sleep(0.3)  # the chat request is now waiting on the upstream
+            waits = []
+            for _ in range(3):
+                started = time.monotonic()
+                health = client.get("/health")
+                waits.append(time.monotonic() - started)
+                assert (health.status_code, health.json()["upstream"]["ok"]) == (200, True)
+                assert not hanging.done()
+            answer = hanging.result(timeout=timeout + 5)
+    assert max(waits) < 0.5 * timeout, waits
+    assert (answer.status_code, answer.json()["error"]["type"]) == (504, "upstream_timeout")
+    assert answer.json()["error"]["message"] == (
+        f"the upstream {server.url}/v1 did not answer in time: no answer within {timeout:g} s"
+    )
