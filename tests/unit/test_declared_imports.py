@@ -85,4 +85,6 @@ def test_the_package_declares_httpx2_which_it_imports() -> None:
 @pytest.mark.parametrize("module", sorted(CLIENTS))
 def test_each_client_framework_the_docs_import_is_pinned_by_the_clients_script(module: str) -> None:
     pins = re.findall(r'="([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==', CLIENTS_SCRIPT.read_text())
-    assert CLIENTS[module] in pins, f"{CLIENTS_SCRIPT.name} does not pin {CLIENTS[module]}, which docs import as {module}"
+    assert CLIENTS[module] in pins, (
+        f"{CLIENTS_SCRIPT.name} does not pin {CLIENTS[module]}, which docs import as {module}"
+    )
