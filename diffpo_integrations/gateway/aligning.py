@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,10 @@ from diffpo_integrations.core.policy import fall_back
 from diffpo_integrations.core.types import AlignResult, FailPolicy, Message
 
 __all__ = ["RequestPlan", "align_choice", "complete_words", "conversation_from_openai", "plan_request", "ready_words"]
+
+
+# One line holding only a field header: DSPy's prompt layout (ChatAdapter, JSONAdapter, BAMLAdapter).
+_FIELD_HEADER = re.compile(r"^[ \t]*\[\[ ## \w+ ## \]\][ \t]*$", re.MULTILINE)
 
 
 def _text(content: Any) -> str:
@@ -77,7 +82,7 @@ class RequestPlan:
     align: bool
     """False: the upstream's answer is returned as it is."""
     reason: str | None
-    """Why the request is passed through (``opt_out``, ``response_format``), when it is."""
+    """Why the request is passed through (``opt_out``, ``response_format``, ``field_markers``), when it is."""
     keep_prefix_tokens: int
     """Draft tokens the aligner keeps."""
     max_new_tokens: int
@@ -90,7 +95,13 @@ def plan_request(
     body: Mapping[str, Any], headers: Mapping[str, str], *, keep_prefix_tokens: int, max_new_tokens: int
 ) -> RequestPlan:
     """Read the per-request options: ``"diffpo": {"align": false, "keep_prefix_tokens": N}``, the header
-    ``x-diffpo-align: off``, ``response_format``, and ``max_tokens`` / ``max_completion_tokens``.
+    ``x-diffpo-align: off``, ``response_format``, a prompt laid out in field markers, and ``max_tokens`` /
+    ``max_completion_tokens``.
+
+    A request passes through unaligned when the client opts out, asks for ``response_format``, or
+    its system or developer messages lay the answer out in field markers (a line holding only
+    ``[[ ## name ## ]]``, DSPy's format): the client parses named fields out of the answer, and a
+    rewritten answer loses them.
 
     Raises:
         InputError: an option has the wrong type (the message names it).
@@ -131,12 +142,30 @@ def plan_request(
         reason = "opt_out"
     elif body.get("response_format") not in (None, {"type": "text"}):
         reason = "response_format"
+    elif _asks_for_field_markers(body.get("messages")):
+        reason = "field_markers"
     return RequestPlan(
         align=reason is None,
         reason=reason,
         keep_prefix_tokens=keep,
         max_new_tokens=limit if limit is not None else max_new_tokens,
         upstream_body=upstream_body,
+    )
+
+
+def _asks_for_field_markers(messages: Any) -> bool:
+    """Whether a system or developer message lays the answer out in ``[[ ## name ## ]]`` field markers.
+
+    Only instructions count, and only a marker on a line of its own: markers a user typed, or one
+    quoted in a sentence, are text to align.
+    """
+    if not isinstance(messages, list):
+        return False
+    return any(
+        isinstance(m, Mapping)
+        and m.get("role") in ("system", "developer")
+        and _FIELD_HEADER.search(_text(m.get("content"))) is not None
+        for m in messages
     )
 
 

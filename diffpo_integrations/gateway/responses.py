@@ -133,8 +133,13 @@ async def _forwarded(state: GatewayState, body: dict[str, Any], client_headers: 
     whole draft, and the stream is then written from the aligned answer.
     """
     text = body.get("text")
+    try:
+        messages = chat_messages(body.get("instructions"), body.get("input"))
+    except GatewayError:
+        messages = []  # an input the gateway cannot read is the upstream's own API to judge
     view = {
         "diffpo": body.get("diffpo"),
+        "messages": messages,
         "max_tokens": body.get("max_output_tokens"),
         "response_format": text.get("format") if isinstance(text, Mapping) else None,
     }

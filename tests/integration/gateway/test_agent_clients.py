@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from conftest import scripted_chat_upstream
@@ -198,15 +199,38 @@ def test_vercel_ai_sdk(gateway_url: str, live_url: str, operation: str) -> None:
         assert result["deltas"] == want
 
 
-def test_dspy_lm_and_predict(gateway_url: str, live_url: str) -> None:
+def test_dspy_lm(gateway_url: str, live_url: str) -> None:
     question = "Name a prime number."
-    result = _run("dspy", "run_dspy.py", gateway_url + "/v1", question, str(MAX_TOKENS))
-    assert result["lm"] == _expected(live_url, question)
-    # Predict parses its fields out of the aligned text; the stand-in aligner does not keep DSPy's
-    # "[[ ## answer ## ]]" markers, so the answer is whatever DSPy's parser makes of SmolLM2's text.
-    assert isinstance(result["answer"], str)
-    assert result["answer"]
-    assert not any(result["json_mode"])
+    result = _run("dspy", "run_dspy.py", gateway_url + "/v1", "lm", question, str(MAX_TOKENS))
+    assert result["text"] == _expected(live_url, question)
+
+
+DSPY_FIELDS = {"reasoning": "Seven has no divisors but one and itself.", "answer": "7"}
+
+
+def _dspy_fields(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The upstream answers in the field layout DSPy's ChatAdapter asked for in its system message."""
+    system = body["messages"][0]["content"]
+    names = [name for name in DSPY_FIELDS if f"[[ ## {name} ## ]]" in system]
+    text = "".join(f"[[ ## {name} ## ]]\n{DSPY_FIELDS[name]}\n\n" for name in names) + "[[ ## completed ## ]]"
+    return {"role": "assistant", "content": text}, "stop"
+
+
+@pytest.mark.parametrize(
+    ("operation", "fields"), [("predict", ["answer"]), ("chain_of_thought", ["reasoning", "answer"])]
+)
+def test_dspy_modules_get_the_upstream_fields_unaligned(
+    start_gateway: Callable[..., AbstractContextManager[str]], operation: str, fields: list[str]
+) -> None:
+    with scripted_chat_upstream(_dspy_fields) as (url, seen), start_gateway(upstream=url) as gateway:
+        result = _run("dspy", "run_dspy.py", gateway + "/v1", operation, "Name a prime number.", str(MAX_TOKENS))
+        # DSPy drops the gateway's metadata: the same request again, read raw, shows it.
+        again = httpx2.post(gateway + "/v1/chat/completions", json=seen[0], timeout=60)
+    # One request: DSPy's parser found its fields, so it made no JSONAdapter fallback call.
+    assert (result["requests"], len(seen)) == (1, 2)
+    assert result["fields"] == {name: DSPY_FIELDS[name] for name in fields}
+    assert again.json()["diffpo"] == {"aligned": False, "passthrough": "field_markers"}
+    assert again.headers["x-diffpo-aligned"] == "false"
 
 
 def test_pydantic_ai_output_type_gets_the_upstream_json_unaligned(json_gateway: tuple[str, list[Any]]) -> None:

@@ -23,6 +23,21 @@ QUESTION = "Is seven a prime number?"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
 TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "7"}'}}
+FIELD_PROMPT = (
+    "Your input fields are:\n1. `question` (str):\nYour output fields are:\n1. `answer` (str):\n"
+    "All interactions will be structured in the following way, with the appropriate values filled in.\n\n"
+    "[[ ## question ## ]]\n{question}\n\n[[ ## answer ## ]]\n{answer}\n\n[[ ## completed ## ]]\n"
+    "In adhering to this structure, your objective is: \n        Given the fields `question`, produce the fields `answer`."
+)
+"""The system prompt DSPy 3.4.1's default ChatAdapter sends for ``dspy.Predict("question -> answer")``."""
+FIELD_MESSAGES = [
+    {"role": "system", "content": FIELD_PROMPT},
+    {
+        "role": "user",
+        "content": f"[[ ## question ## ]]\n{QUESTION}\n\nRespond with the corresponding output fields, starting with "
+        "the field `[[ ## answer ## ]]`, and then ending with the marker for `[[ ## completed ## ]]`.",
+    },
+]
 
 
 def completion(contents: list[str], *, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from gateway_fakes import (
     DRAFT,
+    FIELD_MESSAGES,
     MESSAGES,
     TOOL_CALL,
     USAGE,
@@ -90,6 +91,7 @@ def test_per_request_keep_prefix_tokens() -> None:
         ({"diffpo": {"align": False}}, {}, "opt_out"),
         ({}, {"x-diffpo-align": "off"}, "opt_out"),
         ({"response_format": {"type": "json_object"}}, {}, "response_format"),
+        ({"messages": FIELD_MESSAGES}, {}, "field_markers"),
     ],
 )
 def test_pass_through_returns_the_upstream_answer(
@@ -193,6 +195,15 @@ def test_opted_out_stream_is_forwarded_as_is() -> None:
         streamed = client.post(CHAT, json={"messages": MESSAGES, "stream": True}, headers={"x-diffpo-align": "off"})
     assert sse_events(streamed.text) == [*events, "[DONE]"]
     assert streamed.headers["x-diffpo-aligned"] == "false"
+
+
+def test_a_streamed_field_marker_prompt_is_forwarded_as_is() -> None:
+    events = stream_events("[[ ## answer ## ]]\n7\n\n[[ ## completed ## ]]")
+    with gateway(ScriptedUpstream([events])) as (client, aligner_server):
+        streamed = client.post(CHAT, json={"messages": FIELD_MESSAGES, "stream": True})
+    assert sse_events(streamed.text) == [*events, "[DONE]"]
+    assert streamed.headers["x-diffpo-aligned"] == "false"
+    assert _align_bodies(aligner_server) == []
 
 
 # -- failures --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway_fakes import FIELD_MESSAGES, FIELD_PROMPT, MESSAGES
 from pydantic import ValidationError
 
 import diffpo_integrations.gateway as gateway_pkg
@@ -83,6 +84,41 @@ def test_conversation_renders_roles_parts_and_tools() -> None:
 def test_bad_request_options_say_what_to_change(body: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")):
         plan_request({"messages": [], **body}, {}, keep_prefix_tokens=6, max_new_tokens=256)
+
+
+def _reason(body: dict[str, Any], headers: dict[str, str] | None = None) -> str | None:
+    return plan_request(body, headers or {}, keep_prefix_tokens=6, max_new_tokens=256).reason
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_a_prompt_laid_out_in_field_markers_passes_through(role: str) -> None:
+    messages = [{**FIELD_MESSAGES[0], "role": role}, FIELD_MESSAGES[1]]
+    plan = plan_request({"messages": messages}, {}, keep_prefix_tokens=6, max_new_tokens=256)
+    assert (plan.align, plan.reason) == (False, "field_markers")
+    # Text parts count as the plain string does; the marker may carry surrounding spaces.
+    parts = [{"type": "text", "text": "Fields:\n"}, {"type": "text", "text": "  [[ ## answer ## ]]  \n{answer}"}]
+    assert _reason({"messages": [{"role": "system", "content": parts}, MESSAGES[1]]}) == "field_markers"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # Markers the user typed are a question about them, not a format the client parses.
+        [MESSAGES[0], FIELD_MESSAGES[1]],
+        [{"role": "system", "content": "Never write markers such as [[ ## answer ## ]] in a reply."}, MESSAGES[1]],
+        [{"role": "system", "content": "[[ answer ]]\n[[ ## two words ## ]]\n[ ## answer ## ]"}, MESSAGES[1]],
+        [{"role": "assistant", "content": FIELD_PROMPT}, MESSAGES[1]],
+    ],
+)
+def test_markers_outside_a_system_line_of_their_own_are_aligned(messages: list[dict[str, Any]]) -> None:
+    assert _reason({"messages": messages}) is None
+
+
+def test_an_explicit_opt_out_or_response_format_names_itself_before_field_markers() -> None:
+    assert _reason({"messages": FIELD_MESSAGES, "diffpo": {"align": False}}) == "opt_out"
+    assert _reason({"messages": FIELD_MESSAGES}, {"x-diffpo-align": "off"}) == "opt_out"
+    # DSPy's JSONAdapter sends both, where the model takes response_format.
+    assert _reason({"messages": FIELD_MESSAGES, "response_format": {"type": "json_object"}}) == "response_format"
 
 
 def test_admission_answers_429_with_retry_after_past_capacity() -> None:

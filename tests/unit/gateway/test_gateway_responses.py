@@ -15,6 +15,7 @@ import openai
 import pytest
 from gateway_fakes import (
     DRAFT,
+    FIELD_PROMPT,
     MESSAGES,
     QUESTION,
     TOOL_CALL,
@@ -47,6 +48,7 @@ TEXT_DONE = [
     "response.content_part.done",
     "response.output_item.done",
 ]
+QUESTION_ITEM = {"role": "user", "content": QUESTION}
 WEATHER_TOOL = {"type": "function", "name": "lookup", "description": "Look it up.", "parameters": {"type": "object"}}
 
 
@@ -318,6 +320,17 @@ def test_function_calls_pass_through_unaligned() -> None:
     ("extra", "headers", "reason"),
     [
         ({"text": {"format": {"type": "json_object"}}}, {}, "response_format"),
+        ({"instructions": FIELD_PROMPT}, {}, "field_markers"),
+        (
+            {
+                "input": [
+                    {"role": "developer", "content": [{"type": "input_text", "text": FIELD_PROMPT}]},
+                    QUESTION_ITEM,
+                ]
+            },
+            {},
+            "field_markers",
+        ),
         ({"diffpo": {"align": False}}, {}, "opt_out"),
         ({}, {"x-diffpo-align": "off"}, "opt_out"),
     ],
@@ -557,5 +570,16 @@ def test_upstream_api_responses_passes_function_calls_through() -> None:
     body = response.json()
     assert body["output"] == _upstream_response("Looking.", call)["output"]
     assert body["diffpo"] == {"aligned": False, "passthrough": "tool_calls"}
+    assert response.headers["x-diffpo-aligned"] == "false"
+    assert _align_bodies(aligner_server) == []
+
+
+def test_upstream_api_responses_passes_a_field_marker_prompt_through() -> None:
+    upstream = ScriptedUpstream([_upstream_response(DRAFT)])
+    with gateway(upstream, upstream_api="responses") as (client, aligner_server):
+        response = client.post(RESPONSES, json={**REQUEST, "instructions": FIELD_PROMPT})
+    body = response.json()
+    assert body["output"] == _upstream_response(DRAFT)["output"]
+    assert body["diffpo"] == {"aligned": False, "passthrough": "field_markers"}
     assert response.headers["x-diffpo-aligned"] == "false"
     assert _align_bodies(aligner_server) == []

@@ -1,10 +1,11 @@
 """Run DSPy against a gateway, in the client's own environment; print the result as JSON.
 
-    python run_dspy.py BASE_URL QUESTION MAX_TOKENS
+    python run_dspy.py BASE_URL OPERATION QUESTION MAX_TOKENS
 
-Prints ``lm``: the text of one ``dspy.LM`` call, ``answer``: ``dspy.Predict("question -> answer")``'s
-answer, and ``json_mode``: for each request Predict made, whether it asked for JSON
-(``response_format``), which the gateway passes through unaligned.
+``lm``: the text of one ``dspy.LM`` call. ``predict`` and ``chain_of_thought``: the fields
+``dspy.Predict("question -> answer")`` or ``dspy.ChainOfThought`` parsed (DSPy's default ChatAdapter),
+and ``requests``: how many calls the module made (a second one is DSPy's JSONAdapter fallback after
+its field parser failed).
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ SYSTEM = "Answer in one sentence."
 
 
 def main() -> None:
-    base_url, question, max_tokens = sys.argv[1:4]
+    base_url, operation, question, max_tokens = sys.argv[1:5]
     lm = dspy.LM(
         "openai/smollm2", api_base=base_url, api_key="unused", max_tokens=int(max_tokens), cache=False, num_retries=0
     )
-    [text] = lm(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
-    before = len(lm.history)
+    if operation == "lm":
+        [text] = lm(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
+        print(json.dumps({"text": text}))
+        return
     dspy.configure(lm=lm)
-    answer = dspy.Predict("question -> answer")(question=question).answer
-    json_mode = ["response_format" in (entry.get("kwargs") or {}) for entry in lm.history[before:]]
-    print(json.dumps({"lm": text, "answer": answer, "json_mode": json_mode}))
+    module = dspy.Predict if operation == "predict" else dspy.ChainOfThought
+    prediction = module("question -> answer")(question=question)
+    print(json.dumps({"fields": dict(prediction.items()), "requests": len(lm.history)}))
 
 
 if __name__ == "__main__":
