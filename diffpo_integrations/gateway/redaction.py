@@ -2,7 +2,7 @@
 
 Some upstreams echo the request, headers included, in what they answer: an error body, a non-JSON
 body, a redirect's ``Location``, a malformed header line, a stream event. The gateway quotes those
-bytes in its error messages, and ``httpx2`` / ``httpcore2`` quote them in their log records, so
+bytes in its error messages, and ``aiohttp`` may quote them in its log records, so
 both are redacted with the key the current request sent upstream. That key is noted per request
 (a context variable, so concurrent requests with forwarded keys never see each other's).
 """
@@ -20,16 +20,9 @@ REDACTED = "[redacted]"
 
 _SECRET: ContextVar[str] = ContextVar("diffpo_gateway_upstream_secret", default="")
 
-_WIRE_LOGGERS = (
-    "httpx2",
-    "httpcore2.connection",
-    "httpcore2.http11",
-    "httpcore2.http2",
-    "httpcore2.proxy",
-    "httpcore2.socks",
-)
-"""The loggers that quote upstream bytes (response lines and headers, parse errors); a logger's
-filters see only its own records, so each is named."""
+_WIRE_LOGGERS = ("aiohttp.client", "aiohttp.internal")
+"""The upstream leg's loggers that can quote upstream bytes (an exception's text, a malformed cookie);
+a logger's filters see only its own records, so each is named."""
 
 
 def note_secret(headers: Mapping[str, str]) -> str:

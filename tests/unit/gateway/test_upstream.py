@@ -1,4 +1,4 @@
-"""The upstream leg on httpx2 against scripted loopback upstreams: pooling, retries, redirects, timeouts, TLS."""
+"""The upstream leg on aiohttp against scripted loopback upstreams: pooling, retries, redirects, timeouts, TLS."""
 
 from __future__ import annotations
 
@@ -175,3 +175,24 @@ def test_lower_case_wins_and_all_proxy_is_the_fallback() -> None:
 )
 def test_no_proxy_entries_with_ports_case_and_spaces(url: str, no_proxy: str, expected: str | None) -> None:
     assert proxy_for(url, environ={"HTTPS_PROXY": "http://corp:3128", "NO_PROXY": no_proxy}) == expected
+
+
+async def test_a_cookie_the_upstream_sets_is_not_sent_with_later_requests() -> None:
+    # The pool serves every client of the gateway: one client's upstream session must not become another's.
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while request := await read_request(reader):
+            seen.append(request)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: session=alice; Path=/\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{"id": "x"}'
+            )
+
+    # Named, not an IP address: aiohttp's cookie jar keeps no cookie from an IP address.
+    async with scripted(handler, host="localhost") as server:
+        upstream = Upstream(server.url + "/v1", timeout=5)
+        answers = [await upstream.chat(BODY, {}) for _ in range(2)]
+        await upstream.aclose()
+    assert answers == [{"id": "x"}] * 2
+    assert [b"cookie:" in request.lower() for request in seen] == [False, False]

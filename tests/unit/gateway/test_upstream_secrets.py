@@ -17,6 +17,7 @@ from scripted_upstream import read_request, scripted, scripted_in_thread
 
 from diffpo_integrations.backends.testing import mock_tgi
 from diffpo_integrations.gateway import GatewayConfig
+from diffpo_integrations.gateway.redaction import note_secret
 from diffpo_integrations.gateway.upstream import Upstream
 from diffpo_integrations.gateway.wire import GatewayError
 
@@ -178,6 +179,18 @@ def test_the_upstream_key_leaks_nowhere(source: str, caplog: pytest.LogCaptureFi
         "echo-redirect exception",
         "echo-stream-error-event event",
         "GET /v1/models",
-        "log httpcore2.http11",
-        "log httpx2",
     } <= echoed, sorted(echoed)
+
+
+@pytest.mark.parametrize("logger", ["aiohttp.client", "aiohttp.internal"])
+async def test_the_upstream_clients_log_records_are_redacted(logger: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await Upstream("http://127.0.0.1:9/v1", timeout=1).aclose()  # building one installs the filter
+    note_secret(HEADERS)
+    logging.getLogger(logger).debug("Error while closing: %r", ValueError(f"bad header {KEY}"))
+    note_secret({})
+    logging.getLogger(logger).debug("later %s", KEY)
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        (logger, "Error while closing: ValueError('bad header [redacted]')"),
+        (logger, f"later {KEY}"),
+    ]
