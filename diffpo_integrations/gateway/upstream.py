@@ -49,11 +49,14 @@ def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     return None
 
 
+def _scrub(raw: bytes, secret: bytes) -> bytes:
+    return raw.replace(secret, REDACTED.encode()) if secret and secret in raw else raw
+
+
 def _redacted(response: aiohttp.ClientResponse, raw: bytes) -> bytes:
     # Some upstreams echo the request (headers included) in what they answer: the key must not
     # reach the client, the logs or an exception message through it.
-    secret = note_secret(response.request_info.headers).encode("latin-1")
-    return raw.replace(secret, REDACTED.encode()) if secret and secret in raw else raw
+    return _scrub(raw, note_secret(response.request_info.headers).encode("latin-1"))
 
 
 def _cause(exc: BaseException) -> BaseException | None:
@@ -377,13 +380,13 @@ class Upstream:
                 *complete, pending = (pending + chunk).split(b"\n")
                 for line in complete:
                     if line := line.strip():
-                        yield line.replace(secret, REDACTED.encode()) if secret and secret in line else line
+                        yield _scrub(line, secret)
                 if over:
                     raise self._too_big()
         except (aiohttp.ClientError, OSError) as exc:
             raise self._failed(exc, reading=True) from _cause(exc)
         if line := pending.strip():
-            yield line.replace(secret, REDACTED.encode()) if secret and secret in line else line
+            yield _scrub(line, secret)
 
     async def get(self, path: str, headers: Mapping[str, str]) -> tuple[int, Any]:
         """GET a path under the base URL; the status and the decoded body."""
